@@ -1,0 +1,160 @@
+"""Validation of each stage's params.yaml section: one clear line naming the key and value.
+
+lib never reads params.yaml itself; the stage runner passes the section here as a dict.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+__all__ = ["ParamError", "validate", "SCHEMAS"]
+
+
+class ParamError(ValueError):
+    """A bad parameter value; ``str(err)`` is the one line to show the user."""
+
+
+Rule = Callable[[Any], str | None]  # returns the complaint, or None when the value is fine
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Rule:
+    def rule(x):
+        if not isinstance(x, int) or isinstance(x, bool):
+            return "must be an integer"
+        if lo is not None and x < lo:
+            return f"must be >= {lo}"
+        if hi is not None and x > hi:
+            return f"must be <= {hi}"
+    return rule
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Rule:
+    def rule(x):
+        if not _num(x):
+            return "must be a finite number"
+        if lo is not None and (x <= lo if lo_open else x < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}"
+        if hi is not None and x > hi:
+            return f"must be <= {hi}"
+    return rule
+
+
+positive = number(0.0, lo_open=True)
+
+
+def boolean(x):
+    return None if isinstance(x, bool) else "must be true or false"
+
+
+def one_of(*choices) -> Rule:
+    return lambda x: None if x in choices else f"must be one of {list(choices)}"
+
+
+def list_of(item: Rule, min_len: int = 1) -> Rule:
+    def rule(x):
+        if not isinstance(x, list) or len(x) < min_len:
+            return f"must be a list of at least {min_len} value(s)"
+        for v in x:
+            bad = item(v)
+            if bad:
+                return f"has entry {v!r} that {bad}"
+    return rule
+
+
+def shares(x):
+    """Group shares: a list of positive numbers summing to 1."""
+    if not isinstance(x, list) or not x or not all(_num(v) for v in x):
+        return "must be a list of numbers"
+    if any(v <= 0 for v in x):
+        return "must all be > 0"
+    if abs(sum(x) - 1.0) > 1e-6:
+        return f"must sum to 1 (sums to {sum(x):.6g})"
+
+
+share = number(0.0, 0.5, lo_open=True)  # a minority's share: in (0, 0.5]
+
+SCHEMAS: dict[str, dict[str, Rule]] = {
+    "impossibility": {
+        "seed": integer(0),
+        "n_items": integer(3),
+        "beta": positive,
+        "reward_scale": positive,
+        "minority_shares": list_of(share),
+        "angles_deg": list_of(number(0.0, 180.0)),
+        "headline_share": share,
+        "headline_angle_deg": number(0.0, 180.0),
+        "three_group_shares": shares,
+        "maxmin_steps": integer(1),
+    },
+    "em_clusters": {
+        "seed": integer(0),
+        "n_items": integer(2),
+        "d": integer(1),
+        "K": integer(1),
+        "shares": shares,
+        "n_users": integer(2),
+        "per_user": integer(1),
+        "separation": number(0.0, 1.0),
+        "reward_scale": positive,
+        "l2": number(0.0),
+        "n_init": integer(1),
+        "init": one_of("mixed", "round_robin", "random"),
+        "max_iter": integer(1),
+        "soft": boolean,
+        "sweep_per_user": list_of(integer(1)),
+        "sweep_separation": list_of(number(0.0, 1.0)),
+        "sweep_K": list_of(integer(1)),
+        "n_reps": integer(1),
+    },
+    "nash_md": {
+        "seed": integer(0),
+        "n_actions": integer(2),
+        "tau": positive,
+        "T": integer(1),
+        "constant_eta": positive,
+        "n_random": integer(1),
+        "eps_grid": list_of(number(-2 / 3, 2 / 3)),
+    },
+}
+
+
+def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
+    if stage == "em_clusters":
+        if len(p["shares"]) != p["K"]:
+            return "shares", p["shares"], f"must have K={p['K']} entries"
+        if p["K"] > p["n_users"]:
+            return "K", p["K"], f"must not exceed n_users={p['n_users']}"
+        for k in p["sweep_K"]:
+            if k > p["n_users"]:
+                return "sweep_K", p["sweep_K"], f"has K={k} > n_users={p['n_users']}"
+    if stage == "nash_md" and p["constant_eta"] * p["tau"] > 1:
+        return "constant_eta", p["constant_eta"], f"times tau={p['tau']} must be <= 1"
+    return None
+
+
+def validate(stage: str, params: dict) -> dict:
+    """Check ``params`` (the stage's section) against its schema; raise ParamError on the first
+    problem, naming ``stage.key`` and the value.  Returns the section unchanged."""
+    if stage not in SCHEMAS:
+        raise ParamError(f"unknown stage {stage!r} (known: {', '.join(sorted(SCHEMAS))})")
+    if not isinstance(params, dict):
+        raise ParamError(f"{stage} must be a mapping of parameters, got {params!r}")
+    schema = SCHEMAS[stage]
+    for key in params:
+        if key not in schema:
+            raise ParamError(f"{stage}.{key} is not a parameter of this stage (known: {', '.join(schema)})")
+    for key, rule in schema.items():
+        if key not in params:
+            raise ParamError(f"{stage}.{key} is missing")
+        bad = rule(params[key])
+        if bad:
+            raise ParamError(f"{stage}.{key} = {params[key]!r}: {bad}")
+    cross = _cross_checks(stage, params)
+    if cross:
+        key, value, why = cross
+        raise ParamError(f"{stage}.{key} = {value!r}: {why}")
+    return params
