@@ -73,7 +73,8 @@ def main(argv=None) -> None:
                 kernel_name="python3", cwd=str(notebook.parent), log_output=True, progress_bar=False,
             )
         except pm.PapermillExecutionError as e:
-            fail(f"stage {args.stage}: cell {e.exec_count} raised {e.ename}: {e.evalue}", 1)
+            first = next((line for line in e.source.splitlines() if line.strip()), "")[:80]
+            fail(f"stage {args.stage}: {e.ename}: {e.evalue} (in {notebook.name}, cell starting {first!r})", 1)
         seconds = time.perf_counter() - t0
         # publish: every staged file replaces its counterpart under root (same filesystem → atomic)
         for src in sorted(p for p in stage_dir.rglob("*") if p.is_file()):

@@ -43,7 +43,7 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
     return rule
 
 
-positive = number(0.0, lo_open=True)
+positive = number(0, lo_open=True)
 
 
 def boolean(x):

@@ -1,0 +1,102 @@
+import copy
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pluralign.checks import SCHEMAS, ParamError, validate
+from tiny import NOTEBOOKS, TINY
+
+BAD = [
+    ("impossibility", "beta", -1.0, "impossibility.beta = -1.0: must be > 0"),
+    ("impossibility", "minority_shares", [0.1, 0.7], "impossibility.minority_shares = [0.1, 0.7]: has entry 0.7"),
+    ("impossibility", "three_group_shares", [0.5, 0.3, 0.1], "must sum to 1"),
+    ("em_clusters", "K", 0, "em_clusters.K = 0: must be >= 1"),
+    ("em_clusters", "shares", [0.6, 0.6], "em_clusters.shares = [0.6, 0.6]: must sum to 1"),
+    ("em_clusters", "per_user", 0, "em_clusters.per_user = 0: must be >= 1"),
+    ("em_clusters", "init", "kmeans", "em_clusters.init = 'kmeans'"),
+    ("em_clusters", "soft", "yes", "em_clusters.soft = 'yes': must be true or false"),
+    ("nash_md", "tau", 0, "nash_md.tau = 0: must be > 0"),
+    ("nash_md", "T", 2.5, "nash_md.T = 2.5: must be an integer"),
+    ("nash_md", "constant_eta", 20.0, "nash_md.constant_eta = 20.0: times tau=0.2 must be <= 1"),
+]
+
+
+def test_defaults_in_params_yaml_are_valid(root):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for stage in SCHEMAS:
+        validate(stage, params[stage])
+        validate(stage, TINY[stage])
+
+
+@pytest.mark.parametrize("stage,key,value,message", BAD)
+def test_bad_values_give_one_line_naming_key_and_value(stage, key, value, message):
+    p = copy.deepcopy(TINY[stage])
+    p[key] = value
+    with pytest.raises(ParamError) as err:
+        validate(stage, p)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shares_must_match_K_and_unknown_or_missing_keys_are_named():
+    p = dict(TINY["em_clusters"], shares=[0.5, 0.3, 0.2])
+    with pytest.raises(ParamError, match="must have K=2 entries"):
+        validate("em_clusters", p)
+    with pytest.raises(ParamError, match="nash_md.temperature is not a parameter"):
+        validate("nash_md", dict(TINY["nash_md"], temperature=1.0))
+    q = dict(TINY["nash_md"])
+    del q["tau"]
+    with pytest.raises(ParamError, match="nash_md.tau is missing"):
+        validate("nash_md", q)
+
+
+def make_root(tmp_path, root, params, notebooks=None):
+    (tmp_path / "notebooks").mkdir()
+    os.symlink(root / "lib", tmp_path / "lib")
+    shutil.copy(root / "notebooks" / "run_stage.py", tmp_path / "notebooks")
+    for nb in notebooks or NOTEBOOKS.values():
+        shutil.copy(root / "notebooks" / nb, tmp_path / "notebooks")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def run_stage(tmp, stage, nb):
+    return subprocess.run([sys.executable, "notebooks/run_stage.py", stage, f"notebooks/{nb}"], cwd=tmp,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_runner_rejects_bad_params_before_writing_anything(tmp_path, root):
+    tmp = make_root(tmp_path, root, {"impossibility": dict(TINY["impossibility"], beta=-0.5)}, ["01_impossibility.ipynb"])
+    out = run_stage(tmp, "impossibility", "01_impossibility.ipynb")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: params.yaml: impossibility.beta = -0.5: must be > 0"
+    assert not (tmp / "results").exists() and not (tmp / "data").exists()
+    assert not list(tmp.glob(".stage-*"))
+
+
+def test_runner_publishes_nothing_when_a_cell_fails(tmp_path, root):
+    import nbformat
+
+    tmp = make_root(tmp_path, root, {"nash_md": TINY["nash_md"]}, [])
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("results_dir = data_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from pathlib import Path\n(Path(results_dir) / 'metrics').mkdir(parents=True)\n"
+                                  "(Path(results_dir) / 'metrics' / 'half.json').write_text('{}')"),
+        nbformat.v4.new_code_cell("raise ValueError('T is too small for this world')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp / "notebooks" / "broken.ipynb")
+    out = run_stage(tmp, "nash_md", "broken.ipynb")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == ("error: stage nash_md: ValueError: T is too small for this world "
+                                                   "(in broken.ipynb, cell starting \"raise ValueError('T is too small for this world')\")")
+    assert not (tmp / "results").exists() and not list(tmp.glob(".stage-*"))
+
+
+def test_runner_names_a_missing_section(tmp_path, root):
+    tmp = make_root(tmp_path, root, {"nash_md": TINY["nash_md"]}, ["01_impossibility.ipynb"])
+    out = run_stage(tmp, "impossibility", "01_impossibility.ipynb")
+    assert out.returncode == 2 and out.stderr.strip() == "error: params.yaml has no section 'impossibility'"
