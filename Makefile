@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install repro test lab benchmark clean-venv
+.PHONY: install repro test lab benchmark readme-figures clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lab: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_tabular.py
+
+readme-figures:
+	cp results/figures/01_gap_vs_diversity.png results/figures/02_em_run.png results/figures/02_em_sweeps.png \
+	   results/figures/03_nash_md_convergence.png results/figures/03_three_annotators.png docs/figures/
 
 clean-venv:
 	rm -rf $(VENV)
