@@ -82,7 +82,8 @@ def test_runner_publishes_nothing_when_a_cell_fails(tmp_path, root):
 
     tmp = make_root(tmp_path, root, {"nash_md": TINY["nash_md"]}, [])
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("results_dir = data_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("\n".join(f"{k} = None" for k in [*TINY["nash_md"], "results_dir", "data_dir"]),
+                                  metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("from pathlib import Path\n(Path(results_dir) / 'metrics').mkdir(parents=True)\n"
                                   "(Path(results_dir) / 'metrics' / 'half.json').write_text('{}')"),
         nbformat.v4.new_code_cell("raise ValueError('T is too small for this world')"),
@@ -100,3 +101,13 @@ def test_runner_names_a_missing_section(tmp_path, root):
     tmp = make_root(tmp_path, root, {"nash_md": TINY["nash_md"]}, ["01_impossibility.ipynb"])
     out = run_stage(tmp, "impossibility", "01_impossibility.ipynb")
     assert out.returncode == 2 and out.stderr.strip() == "error: params.yaml has no section 'impossibility'"
+
+
+def test_runner_rejects_keys_the_notebook_does_not_declare(tmp_path, root):
+    params = {"nash_md": TINY["nash_md"], "gpt2": TINY["gpt2"]}
+    tmp = make_root(tmp_path, root, params, ["03_nash_md.ipynb"])
+    out = subprocess.run([sys.executable, "notebooks/run_stage.py", "nash_md", "notebooks/03_nash_md.ipynb", "--also", "gpt2"],
+                         cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: params.yaml: ['base_model', 'imdb', 'max_new_tokens'")
+    assert "are not parameters of notebooks/03_nash_md.ipynb" in out.stderr and not (tmp / "results").exists()

@@ -37,3 +37,22 @@ def test_notebook_runs_with_tiny_params(root, tmp_path, stage, monkeypatch):
     again = execute(root, tmp_path / "again", stage)
     assert (again / "results" / "metrics" / f"{NOTEBOOKS[stage][:-6]}.json").read_text() == \
         (out / "results" / "metrics" / f"{NOTEBOOKS[stage][:-6]}.json").read_text()
+
+
+def test_gpt2_notebooks_run_in_order_on_each_others_outputs(root, tmp_path, monkeypatch):
+    from tiny import GPT2_CHAIN
+
+    monkeypatch.setenv("PYTHONPATH", str(root / "lib"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data, res = tmp_path / "data", tmp_path / "results"
+    for stage, nb in GPT2_CHAIN:
+        pm.execute_notebook(str(root / "notebooks" / nb), str(tmp_path / nb),
+                            parameters=dict(TINY["gpt2"], **TINY[stage], results_dir=str(res), data_dir=str(data),
+                                            inputs_dir=str(data)),
+                            kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
+        assert (res / "metrics" / f"{nb[:-6]}.json").exists()
+    assert (data / "gpt2" / "base_policy" / "config.json").exists()
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(data / "gpt2" / "preferences" / "ratio_3"))
+    assert set(ds) == {"train", "test"} and ds["train"].column_names == ["prompt", "chosen", "rejected", "user_id", "group"]

@@ -14,4 +14,15 @@ TINY = {
         "seed": 0, "n_actions": 5, "tau": 0.2, "T": 30, "constant_eta": 0.5, "n_random": 1, "eps_grid": [-0.1, 0.1],
     },
 }
+TINY.update({
+    "gpt2": {"profile": "cpu", "base_model": "lvwerra/gpt2-imdb", "imdb": "stanfordnlp/imdb",
+             "sentiment_model": "lvwerra/distilbert-imdb", "max_new_tokens": 12, "temperature": 1.0},
+    "corpus": {"seed": 0, "n_reviews": 300, "n_val_reviews": 40, "n_prompts_train": 60, "n_prompts_test": 16},
+    "pretrain": {"seed": 0, "n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16, "batch_size": 8,
+                 "steps": 4, "lr": 0.003, "n_samples": 16},
+    "label": {"seed": 0, "ratios": [1, 3], "n_train_users": 4, "n_test_users": 4, "test_fraction": 0.5,
+              "bt_temperature": 0.1},
+})
 NOTEBOOKS = {"impossibility": "01_impossibility.ipynb", "em_clusters": "02_em_clusters.ipynb", "nash_md": "03_nash_md.ipynb"}
+# the GPT-2 stages in pipeline order; each also takes the shared `gpt2` section
+GPT2_CHAIN = [("corpus", "04_corpus.ipynb"), ("pretrain", "05_pretrain.ipynb"), ("label", "06_label.ipynb")]

@@ -77,7 +77,56 @@ def shares(x):
 
 share = number(0.0, 0.5, lo_open=True)  # a minority's share: in (0, 0.5]
 
+def text(x):
+    return None if isinstance(x, str) and x.strip() else "must be a non-empty string"
+
+
 SCHEMAS: dict[str, dict[str, Rule]] = {
+    # shared by every GPT-2 stage (passed with --also gpt2)
+    "gpt2": {
+        "profile": one_of("cpu", "paper"),
+        "base_model": text,
+        "imdb": text,
+        "sentiment_model": text,
+        "max_new_tokens": integer(1, 512),
+        "temperature": positive,
+    },
+    "corpus": {
+        "seed": integer(0),
+        "n_reviews": integer(10),
+        "n_val_reviews": integer(1),
+        "n_prompts_train": integer(1),
+        "n_prompts_test": integer(1),
+    },
+    "pretrain": {
+        "seed": integer(0),
+        "n_layer": integer(1),
+        "n_embd": integer(8),
+        "n_head": integer(1),
+        "block_size": integer(8),
+        "batch_size": integer(1),
+        "steps": integer(1),
+        "lr": positive,
+        "n_samples": integer(1),
+    },
+    "label": {
+        "seed": integer(0),
+        "ratios": list_of(number(0.0, lo_open=True)),
+        "n_train_users": integer(2),
+        "n_test_users": integer(2),
+        "test_fraction": number(0.0, 1.0, lo_open=True),
+        "bt_temperature": positive,
+    },
+    "reward": {
+        "seed": integer(0),
+        "ratios": list_of(number(0.0, lo_open=True)),
+        "K": integer(1),
+        "epochs": positive,
+        "lr": positive,
+        "batch_size": integer(1),
+        "em_iterations": integer(1),
+        "em_restarts": integer(1),
+    },
     "impossibility": {
         "seed": integer(0),
         "n_items": integer(3),
@@ -131,6 +180,8 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
         for k in p["sweep_K"]:
             if k > p["n_users"]:
                 return "sweep_K", p["sweep_K"], f"has K={k} > n_users={p['n_users']}"
+    if stage == "pretrain" and p["n_embd"] % p["n_head"]:
+        return "n_head", p["n_head"], f"must divide n_embd={p['n_embd']}"
     if stage == "nash_md" and p["constant_eta"] * p["tau"] > 1:
         return "constant_eta", p["constant_eta"], f"times tau={p['tau']} must be <= 1"
     return None

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["write_metrics", "save_figure", "write_csv", "Stopwatch", "tidy"]
+__all__ = ["write_metrics", "save_figure", "write_csv", "write_text_lines", "Stopwatch", "tidy"]
 
 
 def tidy(x, digits: int = 6):
@@ -67,3 +67,8 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def write_text_lines(path, lines) -> None:
+    """One string per line (newlines inside a string are replaced by spaces), atomically."""
+    _atomic_write_text(Path(path), "".join(str(x).replace("\n", " ") + "\n" for x in lines))

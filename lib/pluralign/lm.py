@@ -1,0 +1,162 @@
+"""Language-model plumbing shared by the GPT-2 and Tulu stages: tokenizers, tiny models,
+pretraining, loading by path or hub name, and sampling.
+
+The `cpu` profile trains its own base policy: a word-level tokenizer built with the
+``tokenizers`` library and a GPT-2-architecture model (``transformers.GPT2LMHeadModel``, tiny
+config) trained on the generated corpus, saved with ``save_pretrained``.  The `paper` profile
+loads ``gpt2`` / ``lvwerra/gpt2-imdb`` through the same :func:`load_causal_lm`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+__all__ = ["SPECIAL_TOKENS", "build_word_tokenizer", "tiny_gpt2", "pack_texts", "pretrain",
+           "load_causal_lm", "load_tokenizer", "encode_prompts", "sample", "lm_loss"]
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
+
+
+def build_word_tokenizer(words: list[str]):
+    """A word-level tokenizer (``tokenizers`` WordLevel, whitespace/punctuation split) over
+    ``words`` plus <pad> <bos> <eos> <unk>, wrapped as a ``PreTrainedTokenizerFast``.
+    Prompts are left-padded (generation); pad ≠ eos, as TRL's reward scoring expects."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values())
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(words) - set(specials)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, padding_side="left", **SPECIAL_TOKENS)
+    return tok
+
+
+def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 128, n_head: int = 4, n_positions: int = 128, seed: int = 0):
+    """A randomly initialised GPT-2-architecture causal LM sized for 2 CPU cores."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                        n_positions=n_positions, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config).float()
+
+
+def pack_texts(tokenizer, texts: list[str], block: int) -> torch.Tensor:
+    """Concatenate <bos> text <eos> for every text and cut into (n_blocks, block) token ids."""
+    ids = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids += [tokenizer.bos_token_id] + enc + [tokenizer.eos_token_id]
+    n = len(ids) // block
+    if n == 0:
+        raise ValueError(f"corpus of {len(ids)} tokens is shorter than one block of {block}")
+    return torch.tensor(ids[: n * block]).view(n, block)
+
+
+def lm_loss(model, blocks: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy on (B, T) blocks."""
+    return model(input_ids=blocks, labels=blocks).loss
+
+
+def pretrain(model, train_blocks, val_blocks, steps: int, batch_size: int, lr: float, seed: int,
+             eval_every: int = 50, progress: bool = True) -> list[dict]:
+    """AdamW with linear warm-up and cosine decay on random batches of packed blocks.
+    Returns the training curve: [{step, train_loss, val_loss}] every ``eval_every`` steps."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    curve, running = [], []
+    model.train()
+    for step in tqdm(range(1, steps + 1), desc="pretrain", disable=not progress, mininterval=5):
+        batch = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=g)]
+        loss = lm_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if step % eval_every == 0 or step == steps:
+            model.eval()
+            with torch.no_grad():
+                val = float(lm_loss(model, val_blocks[:256]))
+            model.train()
+            curve.append({"step": step, "train_loss": sum(running) / len(running), "val_loss": val})
+            running = []
+    model.eval()
+    return curve
+
+
+def _check_source(name_or_path: str, what: str) -> None:
+    """Local paths must exist; hub names need the hub, which offline runs do not have."""
+    p = Path(name_or_path)
+    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or p.exists()
+    if looks_local and not p.exists():
+        raise FileNotFoundError(f"{what} path {name_or_path!r} does not exist")
+    if not looks_local and os.environ.get("HF_HUB_OFFLINE") == "1":
+        # a hub id offline is fine only if it is already in the local cache
+        from huggingface_hub import try_to_load_from_cache
+
+        if try_to_load_from_cache(name_or_path, "config.json") is None:
+            raise FileNotFoundError(f"{what} {name_or_path!r} is neither a local path nor in the offline hub cache")
+
+
+def load_tokenizer(name_or_path: str):
+    """Tokenizer by local path or hub id; gives GPT-2-style tokenizers a distinct pad token."""
+    from transformers import AutoTokenizer
+
+    _check_source(name_or_path, "tokenizer")
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(name_or_path: str, tokenizer=None, dtype=torch.float32):
+    """Causal LM by local path (``save_pretrained`` output) or hub id (paper profile)."""
+    from transformers import AutoModelForCausalLM
+
+    _check_source(name_or_path, "model")
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (B, L) ids with <bos> first, and the attention mask."""
+    ids = [[tokenizer.bos_token_id] + x for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    L = max(map(len, ids))
+    out = torch.full((len(ids), L), tokenizer.pad_token_id)
+    mask = torch.zeros(len(ids), L, dtype=torch.long)
+    for i, x in enumerate(ids):
+        out[i, L - len(x):] = torch.tensor(x)
+        mask[i, L - len(x):] = 1
+    return out, mask
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+           top_p: float = 1.0, batch_size: int = 256, seed: int = 0, progress: bool = False) -> list[str]:
+    """Sample one continuation per prompt (KV-cached ``generate``); text up to the first <eos>."""
+    torch.manual_seed(seed)
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc="sample", disable=not progress, mininterval=5):
+        ids, mask = encode_prompts(tokenizer, prompts[i : i + batch_size])
+        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+                             top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+    return [t.strip() for t in out]

@@ -1,0 +1,397 @@
+"""PPO for causal language models (Ziegler et al. 2019; Ouyang et al. 2022), one file.
+
+TRL 1.16 no longer ships ``PPOTrainer``, so this kernel is ours.  It follows TRL's conventions
+where they touch language models (left-padded queries, ``tokenizer.pad_token_id``,
+``save_pretrained``, logits divided by the sampling temperature, KL-shaped per-token rewards,
+dropout off) and drops the Trainer ceremony.  One iteration on B queries x:
+
+  rollout   y ~ π_θ(·|x) with ``model.generate`` (KV cache); every token after the first EOS
+            is padding.  One no-grad forward gives old log-probs log π_old(y_t) and values V_t;
+            one more gives log π_ref(y_t).
+  rewards   r_t = −β (log π_old(y_t) − log π_ref(y_t)) + 1[t = last response token] · score
+  GAE       δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   R_t = A_t + V_t
+  update    ppo_epochs passes over shuffled minibatches, advantages whitened, minimising
+            −min(ρ_t A_t, clip(ρ_t, 1±ε) A_t) + c_v · ½ max((V_t − R_t)², (clip V_t − R_t)²),
+            ρ_t = π_θ(y_t) / π_old(y_t); gradient-norm clipping; one AdamW step per minibatch.
+
+Shapes: B sequences, Q query positions (left-padded), T response positions (right-padded).
+Token t of the response is predicted by the logits at position Q − 1 + t of query+response.
+The value head shares the policy's backbone (CleanRL style): one forward gives both logits and
+values, no second network to store, run or shard.  With a LoRA (peft) policy the reference is
+the same network with adapters disabled, so one copy of the weights serves both.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "PPOConfig",
+    "ValueHead",
+    "masked_mean",
+    "whiten",
+    "gae",
+    "per_token_rewards",
+    "ppo_loss",
+    "response_logprobs_and_values",
+    "truncate_after_eos",
+    "Rollout",
+    "PPO",
+]
+
+
+@dataclass
+class PPOConfig:
+    """Hyper-parameters (TRL's names where they exist).  kl_coef is β in the shaped reward;
+    cliprange/cliprange_value are ε for the ratio and the value; top_k=0 means no top-k;
+    missing_eos_penalty is subtracted from the score of responses that never emit EOS."""
+
+    batch_size: int = 64
+    mini_batch_size: int = 16
+    ppo_epochs: int = 4
+    learning_rate: float = 1e-3
+    kl_coef: float = 0.05
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_rewards: bool = False
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    max_grad_norm: float = 1.0
+    missing_eos_penalty: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        def need(ok: bool, name: str, rule: str):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
+        need(self.mini_batch_size <= self.batch_size, "mini_batch_size", f"<= batch_size={self.batch_size}")
+        need(self.batch_size % self.mini_batch_size == 0, "mini_batch_size",
+             f"a divisor of batch_size={self.batch_size}")
+        for name in ("learning_rate", "cliprange", "cliprange_value", "temperature", "max_grad_norm"):
+            need(is_num(getattr(self, name)) and getattr(self, name) > 0, name, "a finite number > 0")
+        for name in ("kl_coef", "vf_coef"):
+            need(is_num(getattr(self, name)) and getattr(self, name) >= 0, name, ">= 0")
+        for name in ("gamma", "lam"):
+            need(is_num(getattr(self, name)) and 0 <= getattr(self, name) <= 1, name, "in [0, 1]")
+        need(is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0 (0 = off)")
+        need(self.missing_eos_penalty is None or is_num(self.missing_eos_penalty), "missing_eos_penalty",
+             "None or a finite number")
+        need(isinstance(self.whiten_rewards, bool), "whiten_rewards", "a bool")
+        need(is_int(self.seed), "seed", "an integer")
+
+
+class ValueHead(nn.Module):
+    """V(s_t) = w·h_t + b on the policy's last hidden state h_t (B, T, d) → (B, T).
+
+    Zero-initialised, so the first advantages are the rewards-to-go.  It sits on the policy's own
+    backbone rather than on a separate value model: one forward gives logits and values."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden).squeeze(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask is 1 (0 if there are none)."""
+    return (x * mask).sum() / mask.sum().clamp_min(1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x − mean) / std over the masked entries (unbiased variance); shift_mean=False adds the
+    mean back (scale only, used for rewards).  Zero outside the mask."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = masked_mean((x - mean) ** 2, mask) * n / (n - 1).clamp_min(1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation, right to left.  rewards, values, mask: (B, T), mask a
+    prefix of ones (response tokens, then padding); V after the last real token is 0.
+    Returns (advantages (B, T), returns = advantages + values (B, T)), zero beyond the mask."""
+    rewards, values = rewards * mask, values * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        adv[:, t] = last
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float):
+    """Shaped rewards r_t = −β (log π(y_t) − log π_ref(y_t)), plus the sequence score (B,) on the
+    last real response token.  logprobs, ref_logprobs, mask: (B, T).  Returns (rewards, kl), both
+    (B, T) and zero outside the mask."""
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    T = mask.shape[1]
+    last = T - 1 - (mask > 0).flip(1).int().argmax(1)  # index of the last 1 in each row
+    rewards[torch.arange(len(last), device=mask.device), last] += scores.to(rewards.dtype)
+    return rewards * mask, kl
+
+
+def ppo_loss(new_logprobs, old_logprobs, advantages, new_values, old_values, returns, mask,
+             cliprange: float, cliprange_value: float, vf_coef: float):
+    """Clipped surrogate + clipped value loss, masked means over (B, T) tokens.
+
+    pg_loss = mean max(−A ρ, −A clip(ρ, 1−ε, 1+ε)),  ρ = exp(new − old)
+    vf_loss = ½ mean max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²)
+    Returns (pg_loss + vf_coef · vf_loss, stats) with detached floats policy_loss, value_loss,
+    clipfrac (tokens where the clipped branch is active), value_clipfrac, approx_kl (½ mean
+    (log ρ)²) and ratio (mean ρ)."""
+    log_ratio = (new_logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    pg_loss = masked_mean(torch.maximum(pg1, pg2), mask)
+
+    v_clipped = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
+    vf1 = (new_values - returns) ** 2
+    vf2 = (v_clipped - returns) ** 2
+    vf_loss = 0.5 * masked_mean(torch.maximum(vf1, vf2), mask)
+
+    loss = pg_loss + vf_coef * vf_loss
+    with torch.no_grad():
+        stats = {
+            "policy_loss": float(pg_loss),
+            "value_loss": float(vf_loss),
+            "clipfrac": float(masked_mean((pg2 > pg1).to(mask.dtype), mask)),
+            "value_clipfrac": float(masked_mean((vf2 > vf1).to(mask.dtype), mask)),
+            "approx_kl": float(0.5 * masked_mean(log_ratio ** 2, mask)),
+            "ratio": float(masked_mean(ratio, mask)),
+        }
+    return loss, stats
+
+
+def response_logprobs_and_values(model, value_head, input_ids, attention_mask, n_query: int, temperature: float):
+    """One forward over query+response (B, Q+T) → (logprobs (B, T), values (B, T) or None,
+    entropy (B, T), detached).
+
+    logprobs are of the response tokens under softmax(logits / temperature); values are read
+    at the positions Q−1 … Q+T−2 that predict each response token (value_head=None skips them).
+    Position ids count only attended tokens, as ``generate`` does with left padding."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=value_head is not None, use_cache=False)
+    logits = out.logits[:, n_query - 1:-1] / temperature  # (B, T, V)
+    response = input_ids[:, n_query:]
+    lse = torch.logsumexp(logits, dim=-1)
+    logprobs = torch.gather(logits, -1, response.unsqueeze(-1)).squeeze(-1) - lse
+    with torch.no_grad():
+        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, n_query - 1:-1])
+    return logprobs, values, entropy
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int):
+    """Response ids (B, T) → (ids with pad after the first EOS, mask (B, T) bool: tokens up to and
+    including the first EOS).  Works when pad == eos."""
+    is_eos = response_ids == eos_token_id
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    return response_ids.masked_fill(after, pad_token_id), ~after
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses.  query_ids/query_mask (B, Q), left-padded;
+    response_ids (B, T), pad after the first EOS; response_mask (B, T) bool, EOS included;
+    logprobs, ref_logprobs, values (B, T): log π_old, log π_ref and V_old of each response token."""
+
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+class PPO:
+    """PPO on a causal LM ``model`` (a transformers model or a peft ``PeftModel``).
+
+    Reference policy: the adapter-disabled model for a PeftModel (ref_model must be None),
+    else ``ref_model`` or a frozen deepcopy of the initial model.  A zero-initialised
+    :class:`ValueHead` on the last hidden state; one AdamW (no weight decay) over the trainable
+    parameters of the policy and the head.  ``torch.manual_seed(config.seed)`` is called here (sampling uses the
+    global generator); minibatch shuffles use a private generator seeded likewise.  Dropout is
+    off throughout (the model is kept in eval mode), so old and new log-probs are one function."""
+
+    def __init__(self, model, tokenizer, config: PPOConfig | None = None, ref_model=None):
+        self.config = cfg = config if config is not None else PPOConfig()
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer.pad_token_id is None; set tokenizer.pad_token (e.g. to eos_token)")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer.eos_token_id is None; the tokenizer needs an eos_token")
+        self.is_peft = _is_peft(model)
+        if self.is_peft and ref_model is not None:
+            raise ValueError("ref_model must be None for a PeftModel: the reference is the adapter-disabled model")
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.model, self.tokenizer = model.eval(), tokenizer
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.ref_model = None
+        if not self.is_peft:
+            self.ref_model = (ref_model if ref_model is not None else copy.deepcopy(model)).eval()
+            self.ref_model.requires_grad_(False)
+        self.value_head = ValueHead(model.config.hidden_size).to(self.device, self.dtype)
+        self.params = [q for q in model.parameters() if q.requires_grad] + list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)  # HF/TRL default
+        self.generation_kwargs = dict(
+            do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=1.0, repetition_penalty=1.0,
+            max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, use_cache=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+
+    # -- rollout ---------------------------------------------------------------------------
+    def ref_logprobs(self, input_ids, attention_mask, n_query: int) -> torch.Tensor:
+        """log π_ref of the response tokens (B, T), no grad."""
+        with torch.no_grad():
+            if self.is_peft:
+                with self.model.disable_adapter():
+                    lp, _, _ = response_logprobs_and_values(self.model, None, input_ids, attention_mask,
+                                                            n_query, self.config.temperature)
+            else:
+                lp, _, _ = response_logprobs_and_values(self.ref_model, None, input_ids, attention_mask,
+                                                        n_query, self.config.temperature)
+        return lp
+
+    @torch.no_grad()
+    def rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> Rollout:
+        """Sample one response per left-padded query (B, Q); score nothing yet.
+
+        Sampling is softmax(logits / temperature), cut to the top_k tokens when top_k > 0 (the
+        log-probs stay those of the uncut softmax, as in TRL).  Other logit processors left in
+        ``model.generation_config`` would make the samples off-policy: clear them."""
+        query_ids, query_mask = query_ids.to(self.device), query_mask.to(self.device).long()
+        if not bool(query_mask[:, -1].all()):
+            raise ValueError("queries must be left-padded (tokenizer.padding_side = 'left')")
+        self.model.eval()
+        Q = query_ids.shape[1]
+        out = self.model.generate(input_ids=query_ids, attention_mask=query_mask, **self.generation_kwargs)
+        response, mask = truncate_after_eos(out[:, Q:], self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        ids = torch.cat([query_ids, response], dim=1)
+        am = torch.cat([query_mask, mask.long()], dim=1)
+        logprobs, values, _ = response_logprobs_and_values(self.model, self.value_head, ids, am, Q,
+                                                           self.config.temperature)
+        ref = self.ref_logprobs(ids, am, Q)
+        return Rollout(query_ids, query_mask, response, mask, logprobs, ref, values)
+
+    # -- update ----------------------------------------------------------------------------
+    def step(self, rollout: Rollout, scores) -> dict:
+        """One PPO update from a rollout and its sequence scores (B,).  Returns mean stats."""
+        cfg = self.config
+        B, Q = len(rollout), rollout.query_ids.shape[1]
+        mask = rollout.response_mask.to(self.dtype)
+        scores = torch.as_tensor(scores, dtype=self.dtype, device=self.device).reshape(-1)
+        if scores.shape[0] != B:
+            raise ValueError(f"scores must have one entry per sequence ({B}), got {scores.shape[0]}")
+        raw_scores = scores
+        has_eos = ((rollout.response_ids == self.tokenizer.eos_token_id) & rollout.response_mask).any(1)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~has_eos).to(self.dtype)
+
+        rewards, kl = per_token_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, cfg.kl_coef)
+        if cfg.whiten_rewards:
+            rewards = whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
+        advantages = whiten(advantages, mask)
+
+        ids, am = rollout.input_ids, rollout.attention_mask
+        lengths = rollout.response_mask.sum(1)
+        self.model.eval()
+        sums, n = {}, 0
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=self.generator).to(self.device)
+            for start in range(0, B, cfg.mini_batch_size):
+                idx = perm[start:start + cfg.mini_batch_size]
+                T = int(lengths[idx].max())  # drop columns that are padding for the whole minibatch
+                lp, v, ent = response_logprobs_and_values(self.model, self.value_head, ids[idx, :Q + T],
+                                                          am[idx, :Q + T], Q, cfg.temperature)
+                m = mask[idx, :T]
+                loss, st = ppo_loss(lp, rollout.logprobs[idx, :T], advantages[idx, :T], v, rollout.values[idx, :T],
+                                    returns[idx, :T], m, cfg.cliprange, cfg.cliprange_value, cfg.vf_coef)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                self.optimizer.step()
+                st["entropy"] = float(masked_mean(ent, m))
+                for k, x in st.items():
+                    sums[k] = sums.get(k, 0.0) + x
+                n += 1
+        stats = {
+            "score": float(raw_scores.mean()),
+            "kl": float(kl.sum(1).mean()),
+            "non_score_reward": float((-cfg.kl_coef * kl).sum(1).mean()),
+            "rlhf_reward": float(rewards.sum(1).mean()) if not cfg.whiten_rewards else float("nan"),
+            "response_length": float(lengths.float().mean()),
+            "eos_frac": float(has_eos.float().mean()),
+        }
+        stats.update({k: x / n for k, x in sums.items()})
+        return stats
+
+    # -- helpers ---------------------------------------------------------------------------
+    def decode(self, rollout: Rollout) -> list[str]:
+        """The response texts (special tokens, including EOS and padding, skipped)."""
+        return [self.tokenizer.decode(ids[m].tolist(), skip_special_tokens=True)
+                for ids, m in zip(rollout.response_ids.cpu(), rollout.response_mask.cpu())]
+
+    def save_pretrained(self, path) -> None:
+        """TRL layout: the policy (adapter only for a PeftModel) and tokenizer via
+        ``save_pretrained``, plus ``value_head.pt`` (the head's state dict)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        torch.save(self.value_head.state_dict(), path / "value_head.pt")

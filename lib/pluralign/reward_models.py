@@ -1,0 +1,127 @@
+"""Neural Bradley–Terry reward models: TRL's RewardTrainer for the fitting, plus the mixture
+that lets the EM kernel (:mod:`pluralign.em`) cluster users with neural M-steps.
+
+A reward model is a ``*ForSequenceClassification`` with one output, reading
+``prompt + response + eos`` (TRL's standard-format convention) and pooled at the last non-pad
+token.  It is initialised from the base policy's backbone, as in the paper's GPT-2 experiment.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+from .preferences import PreferencePairs
+
+__all__ = ["reward_text", "load_reward_model", "train_reward_model", "score", "pair_margins",
+           "NeuralRewardMixture"]
+
+
+def reward_text(tokenizer, prompt: str, response: str) -> str:
+    """The text a reward model reads: prompt + response + eos (as RewardTrainer builds it)."""
+    return prompt + response + tokenizer.eos_token
+
+
+def load_reward_model(name_or_path: str, tokenizer, seed: int = 0):
+    """A one-output sequence classifier on the backbone at ``name_or_path`` (new, seeded head)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .lm import _check_source
+
+    _check_source(name_or_path, "reward model base")
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _processed(tokenizer, pairs: PreferencePairs):
+    """Pre-tokenised dataset (``chosen_ids``/``rejected_ids``) so RewardTrainer skips its own pass."""
+    from datasets import Dataset
+
+    def ids(resps):
+        texts = [reward_text(tokenizer, p, r) for p, r in zip(pairs.prompt, resps)]
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    return Dataset.from_dict({"chosen_ids": ids(pairs.chosen), "rejected_ids": ids(pairs.rejected)})
+
+
+def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float = 1.0, lr: float = 5e-4,
+                       batch_size: int = 32, seed: int = 0, max_length: int = 128) -> dict:
+    """Fit (or continue fitting: warm start) ``model`` on the pairs with TRL's RewardTrainer.
+    Returns the trainer's final training metrics."""
+    from transformers.utils import logging as hf_logging
+    from trl import RewardConfig, RewardTrainer
+
+    if pairs.n_pairs == 0:
+        return {}
+    hf_logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as out:
+        args = RewardConfig(output_dir=out, num_train_epochs=epochs, learning_rate=lr,
+                            per_device_train_batch_size=batch_size, seed=seed, data_seed=seed,
+                            max_length=max_length, report_to="none", save_strategy="no", logging_strategy="no",
+                            use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant",
+                            dataloader_num_workers=0, remove_unused_columns=True)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=_processed(tokenizer, pairs),
+                                processing_class=tokenizer)
+        result = trainer.train()
+    model.eval()
+    return dict(result.metrics)
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Reward of each (prompt, response): (B,)."""
+    texts = [reward_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
+            out.append(model(**enc).logits[:, 0].float())
+    finally:
+        tokenizer.padding_side = side
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pair_margins(model, tokenizer, pairs: PreferencePairs) -> torch.Tensor:
+    """r(chosen) − r(rejected) for every pair: (N,)."""
+    return score(model, tokenizer, pairs.prompt, pairs.chosen) - score(model, tokenizer, pairs.prompt, pairs.rejected)
+
+
+class NeuralRewardMixture:
+    """K neural reward models behind the EM interface (``K``, ``pair_log_likelihood``, ``fit``,
+    ``state``/``load_state``).  The M-step is hard: cluster k continues training (warm start)
+    on the pairs of the users assigned to it, with TRL's RewardTrainer — Algorithm 1 as written.
+    Soft responsibilities would need per-example weights, which RewardTrainer does not take."""
+
+    def __init__(self, base_path: str, tokenizer, K: int, epochs: float = 1.0, lr: float = 5e-4,
+                 batch_size: int = 32, seed: int = 0):
+        if K < 1:
+            raise ValueError(f"K must be >= 1, got {K}")
+        self.K, self.tokenizer = K, tokenizer
+        self.models = [load_reward_model(base_path, tokenizer, seed=seed * 100 + k) for k in range(K)]
+        self.train_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size)
+        self.seed, self.n_fits = seed, 0
+
+    def pair_log_likelihood(self, data: PreferencePairs) -> torch.Tensor:
+        return torch.stack([F.logsigmoid(pair_margins(m, self.tokenizer, data)) for m in self.models]).double()
+
+    def fit(self, data: PreferencePairs, resp: torch.Tensor) -> None:
+        if not bool(((resp == 0) | (resp == 1)).all()):
+            raise ValueError("NeuralRewardMixture takes hard assignments only (run mixture_em with soft=False)")
+        owner = resp.argmax(1)[data.user]
+        for k, model in enumerate(self.models):
+            rows = (owner == k).nonzero().flatten()
+            train_reward_model(model, self.tokenizer, data.subset(rows), seed=self.seed + self.n_fits, **self.train_kw)
+        self.n_fits += 1
+
+    def state(self):
+        return [copy.deepcopy(m.state_dict()) for m in self.models]
+
+    def load_state(self, state) -> None:
+        for m, s in zip(self.models, state):
+            m.load_state_dict(s)
