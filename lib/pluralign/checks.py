@@ -127,6 +127,22 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "em_iterations": integer(1),
         "em_restarts": integer(1),
     },
+    "align": {
+        "ratios": list_of(number(0.0, lo_open=True)),
+        "seeds": list_of(integer(0)),
+        "methods": list_of(one_of("single", "maxmin", "sample_min", "mean", "maxmin_oracle")),
+        "steps": integer(1),
+        "batch_size": integer(1),
+        "mini_batch_size": integer(1),
+        "ppo_epochs": integer(1),
+        "lr": positive,
+        "kl_coef": number(0.0),
+        "n_standardise": integer(2),
+    },
+    "evaluate": {
+        "n_prompts": integer(1),
+        "seed": integer(0),
+    },
     "impossibility": {
         "seed": integer(0),
         "n_items": integer(3),
@@ -180,6 +196,8 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
         for k in p["sweep_K"]:
             if k > p["n_users"]:
                 return "sweep_K", p["sweep_K"], f"has K={k} > n_users={p['n_users']}"
+    if stage == "align" and p["batch_size"] % p["mini_batch_size"]:
+        return "mini_batch_size", p["mini_batch_size"], f"must divide batch_size={p['batch_size']}"
     if stage == "pretrain" and p["n_embd"] % p["n_head"]:
         return "n_head", p["n_head"], f"must divide n_embd={p['n_embd']}"
     if stage == "nash_md" and p["constant_eta"] * p["tau"] > 1:
