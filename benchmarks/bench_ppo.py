@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Our PPO step against TRL 1.12's ``trl.experimental.ppo.PPOTrainer``, same tiny model, batch
+and lengths, measured in one run; plus MaxMin-PPO's overhead over single-reward PPO.
+
+One step = rollout of B prompts (generation, reference and value forwards), reward-model
+scoring, and the update (ppo_epochs × B/mini_batch optimiser steps).  TRL runs in its own venv
+(``benchmarks/setup_trl112.sh``); this script runs with the project's venv and calls it.
+
+    python benchmarks/bench_ppo.py [--steps 8] [--warmup 2]    # writes results/benchmarks/ppo.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from trl112_ppo_step import build_tokenizer, build_words  # noqa: E402  (the same tokenizer TRL's side uses)
+
+from pluralign import lm  # noqa: E402
+from pluralign.maxmin_ppo import GroupRewards, combine  # noqa: E402
+from pluralign.ppo import PPO, PPOConfig  # noqa: E402
+
+
+def ours(args, K: int):
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    torch.manual_seed(args.seed)
+    tok = build_tokenizer(args.vocab_size)
+    cfg = dict(vocab_size=len(tok), n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, n_positions=128,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    policy = GPT2LMHeadModel(GPT2Config(**cfg)).float()
+    rms = [GPT2ForSequenceClassification(GPT2Config(**cfg, num_labels=1)).float().eval() for _ in range(K)]
+    rewards = GroupRewards(rms, tok)
+    words = build_words(args.vocab_size)
+    rng = random.Random(args.seed)
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 8))) for _ in range(1024)]
+    rewards.fit_standardisation(prompts[:64], [" " + p for p in prompts[64:128]])
+    ppo = PPO(policy, tok, PPOConfig(batch_size=args.batch_size, mini_batch_size=args.batch_size // 4, ppo_epochs=4,
+                                     max_new_tokens=args.response_length, learning_rate=1e-3, seed=args.seed))
+    times, gen_times, upd_times, tokens = [], [], [], []
+    for i in range(args.warmup + args.steps):
+        batch = prompts[(i * args.batch_size) % 1024:][: args.batch_size]
+        ids, mask = lm.encode_prompts(tok, batch)
+        t0 = time.perf_counter()
+        roll = ppo.rollout(ids, mask)
+        t1 = time.perf_counter()
+        scores = rewards(batch, [" " + t for t in ppo.decode(roll)])
+        reward, _ = combine(scores, "argmin" if K > 1 else "single")
+        t2 = time.perf_counter()
+        ppo.step(roll, reward)
+        t3 = time.perf_counter()
+        if i >= args.warmup:
+            times.append(t3 - t0)
+            gen_times.append(t1 - t0)
+            upd_times.append(t3 - t2)
+            tokens.append(int(roll.response_mask.sum()))
+    n_tok = args.batch_size * args.response_length
+    return {"seconds_per_step": statistics.median(times), "seconds_per_step_min": min(times),
+            "rollout_seconds": statistics.median(gen_times), "update_seconds": statistics.median(upd_times),
+            "generation_tokens_per_second": n_tok / statistics.median(gen_times),
+            "update_tokens_per_second": n_tok * 4 / statistics.median(upd_times),
+            "mean_response_tokens": statistics.mean(tokens) / args.batch_size}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--response-length", type=int, default=32)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--vocab-size", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-trl", action="store_true", help="only our side (no TRL 1.12 venv needed)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "ppo.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    report = {"config": vars(args) | {"out": None}, "loadavg_before": os.getloadavg()[0]}
+    report["ours_single"] = ours(args, K=1)
+    report["ours_maxmin_K2"] = ours(args, K=2)
+    report["maxmin_overhead"] = report["ours_maxmin_K2"]["seconds_per_step"] / report["ours_single"]["seconds_per_step"]
+    print(f"ours: {report['ours_single']['seconds_per_step']:.3f} s/step; MaxMin (K=2) / single = {report['maxmin_overhead']:.2f}x")
+    if not args.skip_trl:
+        venv = ROOT / "benchmarks" / ".venv-trl112" / "bin" / "python"
+        if not venv.exists():
+            subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_trl112.sh")], check=True)
+        cmd = [str(venv), str(ROOT / "benchmarks" / "trl112_ppo_step.py"), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--batch-size", str(args.batch_size), "--response-length", str(args.response_length), "--n-embd", str(args.n_embd),
+               "--n-layer", str(args.n_layer), "--n-head", str(args.n_head), "--vocab-size", str(args.vocab_size),
+               "--threads", str(args.threads), "--seed", str(args.seed)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        report["trl_1_12"] = json.loads(out.stdout.strip().splitlines()[-1])
+        report["ours_over_trl"] = report["ours_single"]["seconds_per_step"] / report["trl_1_12"]["seconds_per_step"]
+        print(f"TRL 1.12: {report['trl_1_12']['seconds_per_step']:.3f} s/step → ours/TRL = {report['ours_over_trl']:.2f}x (target ≤ 0.7)")
+    report["loadavg_after"] = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
