@@ -31,7 +31,7 @@ benchmark: $(STAMP)
 
 readme-figures:
 	cp results/figures/01_gap_vs_diversity.png results/figures/02_em_run.png results/figures/02_em_sweeps.png \
-	   results/figures/03_nash_md_convergence.png results/figures/03_three_annotators.png docs/figures/
+	   results/figures/03_nash_md_convergence.png results/figures/03_three_annotators.png results/figures/09_win_rates.png docs/figures/
 
 clean-venv:
 	rm -rf $(VENV)

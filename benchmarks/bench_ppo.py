@@ -69,7 +69,7 @@ def ours(args, K: int):
     n_tok = args.batch_size * args.response_length
     return {"seconds_per_step": statistics.median(times), "seconds_per_step_min": min(times),
             "rollout_seconds": statistics.median(gen_times), "update_seconds": statistics.median(upd_times),
-            "generation_tokens_per_second": n_tok / statistics.median(gen_times),
+            "rollout_tokens_per_second": n_tok / statistics.median(gen_times),  # generation + no-grad forwards
             "update_tokens_per_second": n_tok * 4 / statistics.median(upd_times),
             "mean_response_tokens": statistics.mean(tokens) / args.batch_size}
 
