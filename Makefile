@@ -28,6 +28,7 @@ lab: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_tabular.py
+	$(BIN)/python benchmarks/bench_ppo.py
 
 readme-figures:
 	cp results/figures/01_gap_vs_diversity.png results/figures/02_em_run.png results/figures/02_em_sweeps.png \

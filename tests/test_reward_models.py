@@ -43,6 +43,8 @@ def test_reward_trainer_learns_a_preference(base):
     model = rm.load_reward_model(path, tok, seed=0)
     rm.train_reward_model(model, tok, majority, epochs=3, lr=3e-3, batch_size=16)
     assert float((rm.pair_margins(model, tok, majority) > 0).float().mean()) > 0.95
+    acc = rm.accuracy_by_group(model, tok, pairs)
+    assert acc[0] > 0.95 and acc[1] < 0.05  # the other group wants the opposite
 
 
 def test_em_with_neural_m_steps_separates_two_groups(base):

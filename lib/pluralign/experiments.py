@@ -88,7 +88,8 @@ def em_world(K, shares, n_users, per_user, separation, d, n_items, scale, seed):
 
 
 def pairwise_accuracy(model: LinearRewardMixture, data: Comparisons, k_of_user: torch.Tensor) -> torch.Tensor:
-    """Fraction of each user's pairs whose chosen item the user's reward model k ranks higher: (N,)→ per pair 0/1."""
+    """Per pair, 1.0 if the labelling user's reward model (``k_of_user``) ranks the chosen item
+    higher, else 0.0: (N,)."""
     r = model.rewards(data.features)  # (K, n_items)
     k = k_of_user[data.user]
     return (r[k, data.chosen] > r[k, data.rejected]).double()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .preferences import PreferencePairs
 
 __all__ = ["reward_text", "load_reward_model", "train_reward_model", "score", "pair_margins",
-           "NeuralRewardMixture"]
+           "accuracy_by_group", "NeuralRewardMixture"]
 
 
 def reward_text(tokenizer, prompt: str, response: str) -> str:
@@ -90,6 +90,13 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size
 def pair_margins(model, tokenizer, pairs: PreferencePairs) -> torch.Tensor:
     """r(chosen) − r(rejected) for every pair: (N,)."""
     return score(model, tokenizer, pairs.prompt, pairs.chosen) - score(model, tokenizer, pairs.prompt, pairs.rejected)
+
+
+def accuracy_by_group(model, tokenizer, pairs: PreferencePairs) -> list[float]:
+    """Pairwise accuracy (r(chosen) > r(rejected)) per true group of the labelling user: [G]."""
+    right = (pair_margins(model, tokenizer, pairs) > 0).float()
+    g = pairs.group[pairs.user]
+    return [float(right[g == k].mean()) for k in range(int(pairs.group.max()) + 1)]
 
 
 class NeuralRewardMixture:
