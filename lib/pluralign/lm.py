@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 __all__ = ["SPECIAL_TOKENS", "build_word_tokenizer", "tiny_gpt2", "pack_texts", "pretrain",
-           "load_causal_lm", "load_tokenizer", "encode_prompts", "sample", "lm_loss"]
+           "check_source", "load_causal_lm", "load_tokenizer", "encode_prompts", "sample", "lm_loss"]
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
@@ -95,7 +95,7 @@ def pretrain(model, train_blocks, val_blocks, steps: int, batch_size: int, lr: f
     return curve
 
 
-def _check_source(name_or_path: str, what: str) -> None:
+def check_source(name_or_path: str, what: str) -> None:
     """Local paths must exist; hub names need the hub, which offline runs do not have."""
     p = Path(name_or_path)
     looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or p.exists()
@@ -113,7 +113,7 @@ def load_tokenizer(name_or_path: str):
     """Tokenizer by local path or hub id; gives GPT-2-style tokenizers a distinct pad token."""
     from transformers import AutoTokenizer
 
-    _check_source(name_or_path, "tokenizer")
+    check_source(name_or_path, "tokenizer")
     tok = AutoTokenizer.from_pretrained(name_or_path)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": "<pad>"})
@@ -125,7 +125,7 @@ def load_causal_lm(name_or_path: str, tokenizer=None, dtype=torch.float32):
     """Causal LM by local path (``save_pretrained`` output) or hub id (paper profile)."""
     from transformers import AutoModelForCausalLM
 
-    _check_source(name_or_path, "model")
+    check_source(name_or_path, "model")
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

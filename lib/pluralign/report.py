@@ -65,9 +65,6 @@ class Stopwatch:
         print(f"[{self.name}] wall time: {self.seconds:.1f} s")
         return False
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
 
 def write_text_lines(path, lines) -> None:
     """One string per line (newlines inside a string are replaced by spaces), atomically."""

@@ -28,9 +28,9 @@ def load_reward_model(name_or_path: str, tokenizer, seed: int = 0):
     """A one-output sequence classifier on the backbone at ``name_or_path`` (new, seeded head)."""
     from transformers import AutoModelForSequenceClassification
 
-    from .lm import _check_source
+    from .lm import check_source
 
-    _check_source(name_or_path, "reward model base")
+    check_source(name_or_path, "reward model base")
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id

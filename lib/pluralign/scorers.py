@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["VaderPositiveness", "ClassifierPositiveness", "Conciseness", "make_scorer", "score_all"]
+__all__ = ["VaderPositiveness", "ClassifierPositiveness", "Conciseness", "make_scorer"]
 
 
 class VaderPositiveness:
@@ -33,9 +33,9 @@ class ClassifierPositiveness:
     def __init__(self, name_or_path: str, positive_label: str = "POSITIVE", batch_size: int = 64, max_length: int = 512):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .lm import _check_source
+        from .lm import check_source
 
-        _check_source(name_or_path, "sentiment classifier")
+        check_source(name_or_path, "sentiment classifier")
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path).eval()
         labels = {v.upper(): int(k) for k, v in self.model.config.id2label.items()}
@@ -74,7 +74,3 @@ def make_scorer(kind: str, tokenizer=None, max_tokens: int = 32, classifier: str
         return Conciseness(tokenizer, max_tokens)
     raise ValueError(f"unknown scorer {kind!r} (known: positiveness, conciseness)")
 
-
-def score_all(scorers: dict, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Every scorer on the same texts: {name: (B,)}."""
-    return {name: s(texts) for name, s in scorers.items()}
