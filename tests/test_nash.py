@@ -93,6 +93,23 @@ def test_condorcet_groups_pool_into_a_cycle():
     assert torch.allclose(nash.nash_equilibrium(P), torch.full((3,), 1 / 3), atol=1e-9)
 
 
+def test_condorcet_users_rlhf_sees_nothing_at_equal_shares_and_maxmin_protects_the_worst():
+    from pluralign import experiments as ex
+
+    w = ex.condorcet_policies([1 / 3] * 3, scale=4.0, beta=0.5)
+    P = w["P"]
+    assert P[0, 1] > 0.5 and P[1, 2] > 0.5 and P[2, 0] > 0.5  # BT groups pooled: a cycle
+    for pi in w["policies"].values():  # the BT fit is flat, MaxMin and Nash are symmetric
+        assert torch.allclose(pi, torch.full((3,), 1 / 3, dtype=pi.dtype), atol=1e-6)
+    d = ex.condorcet_sweep([0.6], scale=4.0, beta=0.5)
+    worst = d.groupby("method").win_vs_mu.min()
+    assert worst["maxmin"] > worst["nash"] > worst["rlhf"]  # egalitarian ≥ game-theoretic ≥ utilitarian
+    best = d.groupby("method").win_vs_mu.max()
+    assert best["rlhf"] > best["nash"] > 0.5  # the majority gets most from RLHF
+    assert (d[d.method == "nash"].exploitability.abs() < 1e-6).all()
+    assert bool(d.condorcet_winner.iloc[0])  # with a 60% group, y0 beats both others
+
+
 def test_bad_inputs_are_named():
     P, mu = games.dice_preference(), torch.full((3,), 1 / 3)
     with pytest.raises(ValueError, match="tau must be"):

@@ -22,14 +22,18 @@ TINY.update({
                  "steps": 4, "lr": 0.003, "n_samples": 16},
     "label": {"seed": 0, "ratios": [1, 3], "n_train_users": 4, "n_test_users": 4, "test_fraction": 0.5,
               "bt_temperature": 0.1},
-    "reward": {"seed": 0, "ratios": [3], "K": 2, "epochs": 1.0, "lr": 0.001, "batch_size": 8, "em_iterations": 2,
-               "em_restarts": 1},
-    "align": {"ratios": [3], "seeds": [0], "methods": ["single", "maxmin", "sample_min", "mean", "maxmin_oracle"],
+    "reward": {"seed": 0, "ratios": [1, 3], "K": 2, "epochs": 1.0, "lr": 0.001, "batch_size": 8, "em_iterations": 2,
+               "em_restarts": 1, "oracle_ratios": [3]},
+    "align": {"ratios": [1, 3], "seeds": [0], "methods": ["single", "maxmin"], "headline_ratio": 3,
+              "headline_methods": ["sample_min", "mean", "maxmin_oracle"],
               "steps": 2, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "lr": 0.001, "kl_coef": 0.05,
               "n_standardise": 8},
     "evaluate": {"n_prompts": 12, "seed": 0},
 })
-NOTEBOOKS = {"impossibility": "01_impossibility.ipynb", "em_clusters": "02_em_clusters.ipynb", "nash_md": "03_nash_md.ipynb"}
+TINY["condorcet"] = {"seed": 0, "scale": 4.0, "beta": 0.5, "first_shares": [0.3333333, 0.6], "T": 20,
+                     "dynamics_tau": 0.02, "dynamics_eta": 2.0}
+NOTEBOOKS = {"impossibility": "01_impossibility.ipynb", "em_clusters": "02_em_clusters.ipynb", "nash_md": "03_nash_md.ipynb",
+             "condorcet": "10_condorcet.ipynb"}
 # the GPT-2 stages in pipeline order; each also takes the shared `gpt2` section
 GPT2_CHAIN = [("corpus", "04_corpus.ipynb"), ("pretrain", "05_pretrain.ipynb"), ("label", "06_label.ipynb"),
               ("reward", "07_reward.ipynb"), ("align", "08_align.ipynb"), ("evaluate", "09_evaluate.ipynb")]

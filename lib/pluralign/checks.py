@@ -14,7 +14,8 @@ class ParamError(ValueError):
     """A bad parameter value; ``str(err)`` is the one line to show the user."""
 
 
-Rule = Callable[[Any], str | None]  # returns the complaint, or None when the value is fine
+Rule = Callable[[Any], str | None]
+ALIGN_METHODS = ("single", "maxmin", "sample_min", "mean", "maxmin_oracle")  # returns the complaint, or None when the value is fine
 
 
 def _num(x) -> bool:
@@ -126,11 +127,14 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "batch_size": integer(1),
         "em_iterations": integer(1),
         "em_restarts": integer(1),
+        "oracle_ratios": list_of(number(0.0, lo_open=True), min_len=0),
     },
     "align": {
         "ratios": list_of(number(0.0, lo_open=True)),
         "seeds": list_of(integer(0)),
-        "methods": list_of(one_of("single", "maxmin", "sample_min", "mean", "maxmin_oracle")),
+        "methods": list_of(one_of(*ALIGN_METHODS)),
+        "headline_ratio": number(0.0, lo_open=True),
+        "headline_methods": list_of(one_of(*ALIGN_METHODS), min_len=0),
         "steps": integer(1),
         "batch_size": integer(1),
         "mini_batch_size": integer(1),
@@ -184,6 +188,15 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "n_random": integer(1),
         "eps_grid": list_of(number(-2 / 3, 2 / 3)),
     },
+    "condorcet": {
+        "seed": integer(0),
+        "scale": positive,
+        "beta": positive,
+        "first_shares": list_of(number(0.0, 1.0, lo_open=True)),
+        "T": integer(1),
+        "dynamics_tau": positive,
+        "dynamics_eta": positive,
+    },
 }
 
 
@@ -198,8 +211,20 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
                 return "sweep_K", p["sweep_K"], f"has K={k} > n_users={p['n_users']}"
     if stage == "align" and p["batch_size"] % p["mini_batch_size"]:
         return "mini_batch_size", p["mini_batch_size"], f"must divide batch_size={p['batch_size']}"
+    if stage == "align" and p["headline_ratio"] not in p["ratios"]:
+        return "headline_ratio", p["headline_ratio"], f"must be one of ratios={p['ratios']}"
+    if stage == "reward":
+        for r in p["oracle_ratios"]:
+            if r not in p["ratios"]:
+                return "oracle_ratios", p["oracle_ratios"], f"has {r}, which is not one of ratios={p['ratios']}"
     if stage == "pretrain" and p["n_embd"] % p["n_head"]:
         return "n_head", p["n_head"], f"must divide n_embd={p['n_embd']}"
+    if stage == "condorcet" and p["dynamics_eta"] * p["dynamics_tau"] > 1:
+        return "dynamics_eta", p["dynamics_eta"], f"times dynamics_tau={p['dynamics_tau']} must be <= 1"
+    if stage == "condorcet":
+        for s in p["first_shares"]:
+            if s >= 1:
+                return "first_shares", p["first_shares"], f"has {s}; each share must be < 1"
     if stage == "nash_md" and p["constant_eta"] * p["tau"] > 1:
         return "constant_eta", p["constant_eta"], f"times tau={p['tau']} must be <= 1"
     return None

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import em, nash, simulate, tabular
+from . import em, games, nash, simulate, tabular
 from .bradley_terry import Comparisons, LinearRewardMixture
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "em_recovery",
     "em_sweep",
     "nash_convergence",
+    "condorcet_policies",
+    "condorcet_sweep",
 ]
 
 
@@ -163,3 +165,47 @@ def nash_convergence(P, mu, tau, T, schedule="paper", methods=("nash_md", "omd",
             "bound": nash.kl_bound(tau, t).numpy(),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------- Condorcet users
+def condorcet_policies(shares, scale: float, beta: float) -> dict:
+    """Three groups whose pooled preference is cyclic (:func:`games.condorcet_rewards`), uniform μ,
+    and what each method makes of them at regularisation β (τ = β for Nash):
+
+      rlhf    single reward fitted by BT on the pooled preference, then π ∝ μ exp(r/β)
+      maxmin  the exact egalitarian policy, max_π min_g E_π r_g − β KL(π‖μ)
+      nash    the regularised Nash equilibrium of the pooled preference (Nash-MD's limit)
+
+    Returns {"P": pooled (3, 3), "groups": per-group BT preferences (3, 3, 3), "r": (3, 3),
+    "policies": {method: π (3,)}}."""
+    r = games.condorcet_rewards(scale)
+    mu = torch.full((3,), 1.0 / 3, dtype=torch.float64)
+    P = tabular.pooled_preferences(r, shares)
+    policies = {
+        "rlhf": tabular.rlhf_policy(tabular.pooled_bt_reward(r, shares), mu, beta),
+        "maxmin": tabular.maxmin_exact(r, mu, beta)[0],
+        "nash": nash.regularised_nash(P, mu, beta),
+    }
+    return {"P": P, "groups": tabular.preference_matrix(r), "r": r, "mu": mu, "policies": policies}
+
+
+def condorcet_sweep(first_shares, scale: float, beta: float) -> pd.DataFrame:
+    """Vary the first group's share (the other two split the rest equally).  Per method and
+    group: the group's win rate against the reference policy, P_g(π ≻ μ) = πᵀ P_g μ, and its mean
+    reward; plus the pooled win rate, the exploitability in the pooled game and whether the
+    pooled preference has a Condorcet winner (a response beating both others)."""
+    rows = []
+    for s0 in first_shares:
+        shares = [s0, (1 - s0) / 2, (1 - s0) / 2]
+        w = condorcet_policies(shares, scale, beta)
+        P, Pg, mu = w["P"], w["groups"], w["mu"]
+        off = P + torch.eye(3, dtype=P.dtype)  # ignore the diagonal's ½
+        winner = bool(((off > 0.5).sum(1) == 3).any())
+        for m, pi in w["policies"].items():
+            base = {"share_first": s0, "method": m, "condorcet_winner": winner,
+                    "pooled_win_vs_mu": float(pi @ P @ mu),
+                    "exploitability": float(nash.exploitability(pi, P, mu, beta)),
+                    **{f"pi_{y}": float(pi[y]) for y in range(3)}}
+            for g in range(3):
+                rows.append(dict(base, group=g, win_vs_mu=float(pi @ Pg[g] @ mu), reward=float(w["r"][g] @ pi)))
+    return pd.DataFrame(rows)

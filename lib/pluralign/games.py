@@ -7,7 +7,7 @@ import math
 import torch
 
 __all__ = ["dice", "dice_preference", "three_annotators", "three_annotators_nash", "constrained_example",
-           "random_preference", "cyclic_preference", "condorcet_preference"]
+           "random_preference", "cyclic_preference", "condorcet_preference", "condorcet_rewards"]
 
 dice = ((2, 4, 9), (1, 6, 8), (3, 5, 7))
 
@@ -87,3 +87,15 @@ def condorcet_preference(shares=(1 / 3, 1 / 3, 1 / 3)) -> torch.Tensor:
         for i, j in itertools.product(range(3), range(3)):
             P[i, j] += s * (0.5 if i == j else float(pos[i] < pos[j]))
     return P
+
+
+def condorcet_rewards(scale: float = 4.0) -> torch.Tensor:
+    """Per-group rewards of the Condorcet users (G=3, n=3): each group's ranking as in
+    :func:`condorcet_preference` with utilities (1, ½, 0) × ``scale`` for top, middle, bottom.
+    Each group is Bradley–Terry in its own reward; pooled they are cyclic for shares near equal."""
+    rankings = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+    r = torch.zeros(3, 3, dtype=torch.float64)
+    for g, order in enumerate(rankings):
+        for pos, y in enumerate(order):
+            r[g, y] = scale * (1.0 - pos / 2)
+    return r

@@ -81,7 +81,8 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size
         out = []
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i : i + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
-            out.append(model(**enc).logits[:, 0].float())
+            device = getattr(model, "device", None)  # transformers models have one; plain modules may not
+            out.append(model(**(enc.to(device) if device is not None else enc)).logits[:, 0].float().cpu())
     finally:
         tokenizer.padding_side = side
     return torch.cat(out) if out else torch.zeros(0)

@@ -1,0 +1,73 @@
+"""MaxMin-RLHF's reward for TRL's maintained online trainers (``GRPOTrainer``, ``RLOOTrainer``).
+
+TRL 1.16 calls every custom reward function once per generation batch as
+``f(prompts=..., completions=..., completion_ids=..., **dataset_columns, trainer_state=...,
+log_extra=..., log_metric=...)`` and expects one float per completion.  :class:`MaxMinReward`
+scores the batch with K group reward models (:class:`pluralign.maxmin_ppo.GroupRewards`) and
+turns the (K, B) scores into one reward per completion with :func:`pluralign.maxmin_ppo.combine`:
+``argmin`` (the paper's Algorithm 2: the group with the lowest batch-mean reward drives the whole
+batch) or ``sample_min`` (the authors' released code: min over groups, per completion).
+
+"Batch" is one process's share of TRL's generation batch (per_device_train_batch_size ×
+steps_per_generation completions): make it span many prompts, or the argmin is decided on a
+handful of samples; with several processes each picks its own group.
+
+Passing the K reward models to TRL as K separate ``reward_funcs`` would not do this: TRL sums
+weighted rewards, the utilitarian objective, not the egalitarian min.
+"""
+from __future__ import annotations
+
+import torch
+
+from .maxmin_ppo import RULES, GroupRewards, combine
+
+__all__ = ["MaxMinReward"]
+
+
+class MaxMinReward:
+    """Worst-off-group reward for ``GRPOTrainer(reward_funcs=[MaxMinReward(...)])``.
+
+    models: K one-output sequence classifiers (one per group) reading prompt + completion + eos;
+    tokenizer: theirs (the policy's, in this compendium); rule: one of ``maxmin_ppo.RULES``;
+    standardise: optional (mean, std), each (K,), from base-policy samples — without it the raw
+    scores are compared, which is only meaningful when the models share a scale.
+
+    ``picked`` holds, per call, the group the rule singled out (−1 for ``sample_min``/``mean``);
+    ``group_means`` the (K,) batch-mean standardised score of every group, per call."""
+
+    def __init__(self, models: list, tokenizer, rule: str = "argmin", standardise=None):
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        mean, std = (None, None) if standardise is None else (torch.as_tensor(s).float() for s in standardise)
+        if mean is not None and not (mean.shape == std.shape == (len(models),)):
+            raise ValueError(f"standardise needs (mean, std) of shape ({len(models)},) each, got "
+                             f"{tuple(mean.shape)} and {tuple(std.shape)}")
+        self.rewards = GroupRewards(list(models), tokenizer, mean, std)
+        self.rule = rule
+        self.__name__ = f"maxmin_{rule}"  # TRL logs each reward function under its __name__
+        self.picked: list[int] = []
+        self.group_means: list[list[float]] = []
+
+    def fit_standardisation(self, prompts: list[str], responses: list[str]) -> "MaxMinReward":
+        """Per-model mean/std on base-policy responses (responses start with a space)."""
+        self.rewards.fit_standardisation(prompts, responses)
+        return self
+
+    def __call__(self, prompts, completions, completion_ids=None, log_metric=None, **kwargs) -> list[float]:
+        if prompts and not isinstance(prompts[0], str):
+            raise ValueError("MaxMinReward takes standard-format (text) prompts; conversational prompts (lists of "
+                             "messages) would need the reward models' chat template, which it does not apply")
+        # the decoded completion may or may not begin with a space (word-level vs BPE tokenizers);
+        # the reward models were trained on prompt + " " + response, as maxmin_ppo.train_policy scores it
+        responses = [" " + c.strip() for c in completions]
+        g = self.rewards
+        scores = g(prompts, responses) if g.mean is not None else g.raw(prompts, responses)  # (K, B)
+        reward, group = combine(scores, self.rule)
+        self.picked.append(group)
+        self.group_means.append(scores.mean(1).tolist())
+        if log_metric is not None:  # shows up in the trainer's logs next to its own metrics
+            if group >= 0:
+                log_metric(f"{self.__name__}/picked_group", float(group))
+            for k, m in enumerate(self.group_means[-1]):
+                log_metric(f"{self.__name__}/group_{k}_mean", m)
+        return reward.tolist()

@@ -1,0 +1,123 @@
+"""Pairwise preference models on tiny local models: antisymmetry holds exactly, the hand-written
+maximum-likelihood fit learns a preference, BT preferences are σ(margin), save/load round-trips."""
+import random
+
+import pytest
+import torch
+
+from pluralign import corpus, lm
+from pluralign import reward_models as rm
+from pluralign.pairwise import (BTPreference, PairwisePreferenceModel, pair_text, preference_accuracy_by_group,
+                                train_pairwise)
+from pluralign.preferences import PreferencePairs
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("base")
+    tok = lm.build_word_tokenizer(corpus.vocabulary())
+    lm.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path), lm.load_tokenizer(str(path))
+
+
+def word_pairs(n, seed, users=4):
+    """Every user prefers the response saying 'great' to the one saying 'awful'; group = user % 2."""
+    rng = random.Random(seed)
+    prompt, chosen, rejected = [], [], []
+    for _ in range(n):
+        noun = rng.choice(corpus.NOUNS)
+        prompt.append(rng.choice(["the movie", "i watched it", "what a"]))
+        chosen.append(f" the {noun} was great .")
+        rejected.append(f" the {rng.choice(corpus.NOUNS)} was awful .")
+    user = torch.arange(n) % users
+    return PreferencePairs(prompt, chosen, rejected, user, users, torch.arange(users) % 2)
+
+
+def test_pair_text_uses_eos_as_separator(base):
+    _, tok = base
+    text = pair_text(tok, "the movie", " was good .", " was bad .")
+    assert text == "the movie was good .<eos> was bad .<eos>"
+    assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_antisymmetry_is_exact(base):
+    path, tok = base
+    pref = PairwisePreferenceModel.from_base(path, tok, seed=3)
+    pairs = word_pairs(24, seed=1)
+    x, a, b = pairs.prompt, pairs.chosen, pairs.rejected
+    p_ab, p_ba = pref(x, a, b), pref(x, b, a)
+    assert p_ab.shape == (24,)
+    assert torch.equal(p_ab + p_ba, torch.ones(24, dtype=p_ab.dtype))
+    assert torch.equal(pref(x, a, b, batch_size=5) + pref(x, b, a, batch_size=5), torch.ones(24, dtype=p_ab.dtype))
+    assert torch.equal(pref(x, a, a), torch.full((24,), 0.5, dtype=p_ab.dtype))
+    assert not torch.allclose(p_ab, torch.full_like(p_ab, 0.5))  # a random head is not indifferent
+    # the differentiable log-odds agree with the probabilities
+    torch.testing.assert_close(torch.sigmoid(pref.logit(x, a, b).detach()), p_ab, atol=1e-6, rtol=0)
+
+
+def test_training_learns_the_preference(base):
+    path, tok = base
+    pref = PairwisePreferenceModel.from_base(path, tok, seed=0)
+    train, test = word_pairs(256, seed=0), word_pairs(128, seed=1)
+    assert preference_accuracy_by_group(pref, test)[0] < 0.8  # not solved before training
+    losses = train_pairwise(pref, tok, train, epochs=3, lr=3e-3, batch_size=16, seed=0, progress=False)
+    assert len(losses) == 48 and sum(losses[-8:]) < sum(losses[:8])
+    assert min(preference_accuracy_by_group(pref, test)) > 0.8
+    # seeded: two fresh fits give the same losses
+    def fit():
+        fresh = PairwisePreferenceModel.from_base(path, tok, seed=0)
+        return train_pairwise(fresh, tok, train.subset(range(32)), epochs=1, lr=3e-3, batch_size=16, seed=0,
+                              progress=False)
+
+    assert fit() == fit()
+
+
+def test_bt_preference_is_sigmoid_of_margin(base):
+    path, tok = base
+    reward = rm.load_reward_model(path, tok, seed=1)
+    pairs = word_pairs(10, seed=2)
+    p = BTPreference(reward, tok)(pairs.prompt, pairs.chosen, pairs.rejected)
+    margin = rm.score(reward, tok, pairs.prompt, pairs.chosen) - rm.score(reward, tok, pairs.prompt, pairs.rejected)
+    torch.testing.assert_close(p, torch.sigmoid(margin))
+    q = BTPreference(reward, tok)(pairs.prompt, pairs.rejected, pairs.chosen)
+    assert torch.equal(p + q, torch.ones_like(p))
+
+
+def test_save_load_round_trip(base, tmp_path):
+    path, tok = base
+    pref = PairwisePreferenceModel.from_base(path, tok, seed=5)
+    pairs = word_pairs(8, seed=3)
+    pref.save_pretrained(tmp_path / "pref")
+    back = PairwisePreferenceModel.from_pretrained(tmp_path / "pref")
+    args = (pairs.prompt, pairs.chosen, pairs.rejected)
+    assert torch.equal(pref(*args), back(*args))
+
+
+class Fixed:
+    """A preference with known answers: P(a ≻ b) read from a table keyed by a."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def __call__(self, prompts, a, b):
+        return torch.tensor([self.table[x] for x in a])
+
+
+def test_accuracy_by_group_hand_made():
+    # users 0, 1 in group 0; user 2 in group 1
+    pairs = PreferencePairs(["p"] * 5, ["w", "w", "l", "w", "l"], ["x"] * 5, torch.tensor([0, 1, 0, 2, 2]), 3,
+                            torch.tensor([0, 0, 1]))
+    acc = preference_accuracy_by_group(Fixed({"w": 0.9, "l": 0.2}), pairs)
+    assert acc == pytest.approx([2 / 3, 1 / 2])
+
+
+def test_bad_input_is_refused(base):
+    path, tok = base
+    pref = PairwisePreferenceModel.from_base(path, tok)
+    with pytest.raises(ValueError, match="2 prompts, 1 responses a and 2 responses b"):
+        pref(["x", "y"], [" a"], [" b", " c"])
+    one_group = PreferencePairs(["p"] * 2, [" a"] * 2, [" b"] * 2, torch.tensor([0, 1]), 2, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"at least two groups; these hold group\(s\) \[1\] only"):
+        preference_accuracy_by_group(pref, one_group)

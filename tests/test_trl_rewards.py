@@ -1,0 +1,104 @@
+"""MaxMinReward picks the worst-off group, and drives TRL 1.16's GRPOTrainer and RLOOTrainer
+offline on a tiny local GPT-2 policy."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pluralign import corpus, lm
+from pluralign import reward_models as rm
+from pluralign.trl_rewards import MaxMinReward
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("base")
+    tok = lm.build_word_tokenizer(corpus.vocabulary())
+    lm.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path), lm.load_tokenizer(str(path))
+
+
+class WordCount(torch.nn.Module):
+    """A reward model with a known output: how often ``word_id`` occurs in the text."""
+
+    def __init__(self, word_id):
+        super().__init__()
+        self.word_id = word_id
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        return SimpleNamespace(logits=(input_ids == self.word_id).sum(1, keepdim=True).float())
+
+
+def test_picks_the_worst_off_group(base):
+    _, tok = base
+    models = [WordCount(tok.convert_tokens_to_ids("great")), WordCount(tok.convert_tokens_to_ids("awful"))]
+    prompts, completions = ["the movie", "the film"], ["great great", " awful"]  # with and without a space
+    # raw: group 0 scores [2, 0] (mean 1), group 1 scores [0, 1] (mean ½) → group 1 drives the batch
+    reward = MaxMinReward(models, tok, rule="argmin")
+    assert reward.__name__ == "maxmin_argmin"
+    assert reward(prompts=prompts, completions=completions, completion_ids=None) == [0.0, 1.0]
+    # standardised with group 1's mean at −1: its z-scores [1, 2] (mean 1.5) now beat group 0's
+    logged = []
+    z = MaxMinReward(models, tok, rule="argmin", standardise=([0.0, -1.0], [1.0, 1.0]))
+    assert z(prompts=prompts, completions=completions, log_metric=lambda n, v: logged.append((n, v)),
+             trainer_state=None) == [2.0, 0.0]
+    assert reward.picked == [1] and z.picked == [0] and z.group_means == [[1.0, 1.5]]
+    assert ("maxmin_argmin/picked_group", 0.0) in logged
+    # the released code's rule: per-completion minimum, no group singled out
+    sample_min = MaxMinReward(models, tok, rule="sample_min")
+    assert sample_min(prompts=prompts, completions=completions) == [0.0, 0.0] and sample_min.picked == [-1]
+
+
+def test_refuses_bad_input(base):
+    _, tok = base
+    with pytest.raises(ValueError, match="rule must be one of"):
+        MaxMinReward([], tok, rule="max")
+    with pytest.raises(ValueError, match=r"shape \(2,\) each"):
+        MaxMinReward([WordCount(0), WordCount(1)], tok, standardise=([0.0], [1.0]))
+    with pytest.raises(ValueError, match="standard-format"):
+        MaxMinReward([WordCount(0)], tok)(prompts=[[{"role": "user", "content": "hi"}]], completions=["x"])
+
+
+def _reward(path, tok):
+    """Two tiny neural group reward models, standardised on a few base-style responses."""
+    models = [rm.load_reward_model(path, tok, seed=s) for s in (1, 2)]
+    reward = MaxMinReward(models, tok, rule="argmin")
+    return reward.fit_standardisation(["the movie"] * 3, [" was good .", " was bad .", " i loved it ."])
+
+
+def _prompts():
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": ["the movie", "i watched it", "what a", "the film was"]})
+
+
+CPU = dict(use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+           max_steps=2, per_device_train_batch_size=2, num_generations=2, max_completion_length=8,
+           dataloader_num_workers=0, seed=0, gradient_checkpointing=False)  # tiny model: no recompute
+
+
+def test_grpo_trainer_runs_with_maxmin_reward(base, tmp_path):
+    from trl import GRPOConfig, GRPOTrainer
+
+    path, tok = base
+    reward = _reward(path, tok)
+    trainer = GRPOTrainer(model=lm.load_causal_lm(path, tok), reward_funcs=[reward], processing_class=tok,
+                          args=GRPOConfig(output_dir=str(tmp_path), **CPU), train_dataset=_prompts())
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert len(reward.picked) == 2 and set(reward.picked) <= {0, 1}
+    assert any("maxmin_argmin/picked_group" in row for row in trainer.state.log_history)
+
+
+def test_rloo_trainer_runs_with_maxmin_reward(base, tmp_path):
+    from trl import RLOOConfig, RLOOTrainer
+
+    path, tok = base
+    reward = _reward(path, tok)
+    trainer = RLOOTrainer(model=lm.load_causal_lm(path, tok), reward_funcs=[reward], processing_class=tok,
+                          args=RLOOConfig(output_dir=str(tmp_path), **CPU), train_dataset=_prompts())
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert len(reward.picked) == 2 and set(reward.picked) <= {0, 1}
