@@ -22,6 +22,16 @@ BAD = [
     ("nash_md", "tau", 0, "nash_md.tau = 0: must be > 0"),
     ("nash_md", "T", 2.5, "nash_md.T = 2.5: must be an integer"),
     ("nash_md", "constant_eta", 20.0, "nash_md.constant_eta = 20.0: times tau=0.2 must be <= 1"),
+    ("compare", "betas", [0.0, 1.5], "compare.betas = [0.0, 1.5]: has entry 1.5 that must be <= 1.0"),
+    ("compare", "tau", 0.0, "compare.tau = 0.0: must be > 0"),
+    ("reward", "ratios", [1, 0], "reward.ratios = [1, 0]: has entry 0 that must be > 0.0"),
+    ("reward", "oracle_ratios", [7], "reward.oracle_ratios = [7]: has 7, which is not one of ratios=[1, 3]"),
+    ("align", "headline_ratio", 7, "align.headline_ratio = 7: must be one of ratios=[1, 3]"),
+    ("condorcet", "first_shares", [0.5, 1.0], "condorcet.first_shares = [0.5, 1.0]: has 1.0; each share must be < 1"),
+    ("tulu2", "minority", "P1A", "tulu2.minority = 'P1A': must differ from majority"),
+    ("tulu2", "majority", "P9Z", "tulu2.majority = 'P9Z': must be one of"),
+    ("tulu_reward", "ratio", -10, "tulu_reward.ratio = -10: must be > 0.0"),
+    ("tulu_align", "methods", ["ppo"], "tulu_align.methods = ['ppo']: has entry 'ppo' that must be one of"),
 ]
 
 

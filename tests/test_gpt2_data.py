@@ -62,6 +62,8 @@ def test_unknown_model_path_is_one_clear_error(tmp_path):
         lm.load_causal_lm("/nonexistent/policy")
     with pytest.raises(FileNotFoundError, match="neither a local path nor in the offline hub cache"):
         lm.load_tokenizer("no-such-org/no-such-model")
+    with pytest.raises(FileNotFoundError, match="model path 'data/gpt2/no_such_policy' does not exist"):
+        lm.load_causal_lm("data/gpt2/no_such_policy")  # a relative path, not a hub id
 
 
 def test_sampling_is_seeded_and_stops_at_eos(tok, policy):

@@ -40,14 +40,15 @@ def test_notebook_runs_with_tiny_params(root, tmp_path, stage, monkeypatch):
 
 
 def test_gpt2_notebooks_run_in_order_on_each_others_outputs(root, tmp_path, monkeypatch):
-    from tiny import GPT2_CHAIN
+    from tiny import ALSO, GPT2_CHAIN
 
     monkeypatch.setenv("PYTHONPATH", str(root / "lib"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data, res = tmp_path / "data", tmp_path / "results"
     for stage, nb in GPT2_CHAIN:
+        also = {k: v for section in ALSO.get(stage, []) for k, v in TINY[section].items()}
         pm.execute_notebook(str(root / "notebooks" / nb), str(tmp_path / nb),
-                            parameters=dict(TINY["gpt2"], **TINY[stage], results_dir=str(res), data_dir=str(data),
+                            parameters=dict(TINY["gpt2"], **also, **TINY[stage], results_dir=str(res), data_dir=str(data),
                                             inputs_dir=str(data)),
                             kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
         assert (res / "metrics" / f"{nb[:-6]}.json").exists()
@@ -56,3 +57,20 @@ def test_gpt2_notebooks_run_in_order_on_each_others_outputs(root, tmp_path, monk
 
     ds = load_from_disk(str(data / "gpt2" / "preferences" / "ratio_3"))
     assert set(ds) == {"train", "test"} and ds["train"].column_names == ["prompt", "chosen", "rejected", "user_id", "group"]
+
+
+def test_tulu2_notebooks_run_in_order_smoke(root, tmp_path, monkeypatch):
+    from tiny import TULU_CHAIN
+
+    monkeypatch.setenv("PYTHONPATH", str(root / "lib"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data, res = tmp_path / "data", tmp_path / "results"
+    for stage, nb in TULU_CHAIN:
+        pm.execute_notebook(str(root / "notebooks" / nb), str(tmp_path / nb),
+                            parameters=dict(TINY["tulu2"], **TINY[stage], results_dir=str(res), data_dir=str(data),
+                                            inputs_dir=str(data)),
+                            kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
+    metrics = json.loads((res / "metrics" / "14_tulu2_align.json").read_text())
+    assert set(metrics["win_rate_vs_base"]) == {"single majority", "single minority", "maxmin majority", "maxmin minority"}
+    assert (data / "tulu2_policies" / "maxmin" / "policy" / "adapter_config.json").exists()
+    assert json.loads((data / "tulu2" / "sources.json").read_text())["ppo_prompts"] == "raw/alpaca_prompts.json"

@@ -29,6 +29,9 @@ TINY.update({
               "steps": 2, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "lr": 0.001, "kl_coef": 0.05,
               "n_standardise": 8},
     "evaluate": {"n_prompts": 12, "seed": 0},
+    "preference": {"seed": 0, "ratio": 3, "epochs": 1.0, "lr": 0.001, "batch_size": 8},
+    "compare": {"betas": [0.0, 0.5], "bt_betas": [0.5], "tau": 0.05, "nash_lr": 0.001, "nash_seeds": [0],
+                "n_prompts": 8, "eval_seed": 0},
 })
 TINY["condorcet"] = {"seed": 0, "scale": 4.0, "beta": 0.5, "first_shares": [0.3333333, 0.6], "T": 20,
                      "dynamics_tau": 0.02, "dynamics_eta": 2.0}
@@ -36,4 +39,21 @@ NOTEBOOKS = {"impossibility": "01_impossibility.ipynb", "em_clusters": "02_em_cl
              "condorcet": "10_condorcet.ipynb"}
 # the GPT-2 stages in pipeline order; each also takes the shared `gpt2` section
 GPT2_CHAIN = [("corpus", "04_corpus.ipynb"), ("pretrain", "05_pretrain.ipynb"), ("label", "06_label.ipynb"),
-              ("reward", "07_reward.ipynb"), ("align", "08_align.ipynb"), ("evaluate", "09_evaluate.ipynb")]
+              ("reward", "07_reward.ipynb"), ("align", "08_align.ipynb"), ("evaluate", "09_evaluate.ipynb"),
+              ("preference", "11_preference.ipynb"), ("compare", "12_compare.ipynb")]
+ALSO = {"compare": ["align"]}  # sections a stage takes besides its own and `gpt2` (dvc.yaml's --also)
+TINY.update({
+    "tulu2": {"profile": "cpu", "base_model": "allenai/tulu-2-7b", "soups_path": "", "soups_pattern": "{dim}.json",
+              "ppo_prompts": "", "eval_prompts": "", "majority": "P1A", "minority": "P1B", "max_new_tokens": 6,
+              "temperature": 1.0, "dtype": "float32", "load_in_bits": None,
+              "accelerate_config": "configs/accelerate/single_gpu.yaml", "judge": "rule", "judge_model": ""},
+    "tulu_reward": {"seed": 0, "ratio": 3, "n_users": 8, "test_fraction": 0.25, "K": 2, "lora_r": 4, "lora_alpha": 8,
+                    "lora_dropout": 0.1, "epochs": 1.0, "lr": 0.001, "batch_size": 8, "max_length": 96,
+                    "em_iterations": 2, "standin_per_dim": 40, "standin_prompts": 16, "base_hidden": 16,
+                    "base_layers": 1, "pretrain_steps": 4, "min_steps": 2},
+    "tulu_align": {"seed": 0, "methods": ["single", "maxmin"], "steps": 1, "batch_size": 4, "mini_batch_size": 2,
+                   "ppo_epochs": 1, "lr": 0.001, "kl_coef": 0.05, "n_standardise": 4, "n_prompts": 0, "lora_r": 4,
+                   "lora_alpha": 8, "lora_dropout": 0.05, "gradient_checkpointing": False, "n_boot": 100},
+})
+# the Tulu2 stages in order; each also takes the shared `tulu2` section
+TULU_CHAIN = [("tulu_reward", "13_tulu2_reward.ipynb"), ("tulu_align", "14_tulu2_align.ipynb")]

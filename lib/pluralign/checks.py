@@ -15,6 +15,7 @@ class ParamError(ValueError):
 
 
 Rule = Callable[[Any], str | None]
+SOUPS_DIMENSIONS = ("P1A", "P1B", "P2A", "P2B", "P3A", "P3B", "P3C", "P3D")  # the RLPHF files (soups.DIMENSIONS)
 ALIGN_METHODS = ("single", "maxmin", "sample_min", "mean", "maxmin_oracle")  # returns the complaint, or None when the value is fine
 
 
@@ -77,6 +78,10 @@ def shares(x):
 
 
 share = number(0.0, 0.5, lo_open=True)  # a minority's share: in (0, 0.5]
+
+def optional_text(x):
+    return None if isinstance(x, str) else "must be a string (empty for none)"
+
 
 def text(x):
     return None if isinstance(x, str) and x.strip() else "must be a non-empty string"
@@ -147,6 +152,13 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "n_prompts": integer(1),
         "seed": integer(0),
     },
+    "preference": {
+        "seed": integer(0),
+        "ratio": number(0.0, lo_open=True),
+        "epochs": positive,
+        "lr": positive,
+        "batch_size": integer(1),
+    },
     "impossibility": {
         "seed": integer(0),
         "n_items": integer(3),
@@ -188,6 +200,70 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "n_random": integer(1),
         "eps_grid": list_of(number(-2 / 3, 2 / 3)),
     },
+    "compare": {
+        "betas": list_of(number(0.0, 1.0)),
+        "bt_betas": list_of(number(0.0, 1.0), min_len=0),
+        "tau": positive,
+        "nash_lr": positive,
+        "nash_seeds": list_of(integer(0)),
+        "n_prompts": integer(1),
+        "eval_seed": integer(0),
+    },
+    "tulu2": {
+        "profile": one_of("cpu", "paper"),
+        "base_model": text,
+        "soups_path": optional_text,
+        "soups_pattern": text,
+        "ppo_prompts": optional_text,
+        "eval_prompts": optional_text,
+        "majority": one_of(*SOUPS_DIMENSIONS),
+        "minority": one_of(*SOUPS_DIMENSIONS),
+        "max_new_tokens": integer(1),
+        "temperature": positive,
+        "dtype": one_of("float32", "bfloat16"),
+        "load_in_bits": one_of(None, 4, 8),
+        "accelerate_config": text,
+        "judge": one_of("rule", "transformers", "openai"),
+        "judge_model": optional_text,
+    },
+    "tulu_reward": {
+        "seed": integer(0),
+        "ratio": number(0.0, lo_open=True),
+        "n_users": integer(2),
+        "test_fraction": number(0.0, 1.0, lo_open=True),
+        "K": integer(1),
+        "lora_r": integer(1),
+        "lora_alpha": positive,
+        "lora_dropout": number(0.0, 1.0),
+        "epochs": positive,
+        "lr": positive,
+        "batch_size": integer(1),
+        "max_length": integer(8),
+        "em_iterations": integer(1),
+        "standin_per_dim": integer(2),
+        "standin_prompts": integer(1),
+        "base_hidden": integer(8),
+        "base_layers": integer(1),
+        "pretrain_steps": integer(1),
+        "min_steps": integer(0),
+    },
+    "tulu_align": {
+        "seed": integer(0),
+        "methods": list_of(one_of("single", "maxmin", "maxmin_oracle")),
+        "steps": integer(1),
+        "batch_size": integer(1),           # per process
+        "mini_batch_size": integer(1),
+        "ppo_epochs": integer(1),
+        "lr": positive,
+        "kl_coef": number(0.0),
+        "n_standardise": integer(2),        # base-policy samples per process for the reward z-scores
+        "n_prompts": integer(0),            # 0 = every prompt in the file
+        "lora_r": integer(1),
+        "lora_alpha": positive,
+        "lora_dropout": number(0.0, 1.0),
+        "gradient_checkpointing": boolean,
+        "n_boot": integer(100),
+    },
     "condorcet": {
         "seed": integer(0),
         "scale": positive,
@@ -209,7 +285,7 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
         for k in p["sweep_K"]:
             if k > p["n_users"]:
                 return "sweep_K", p["sweep_K"], f"has K={k} > n_users={p['n_users']}"
-    if stage == "align" and p["batch_size"] % p["mini_batch_size"]:
+    if stage in ("align", "tulu_align") and p["batch_size"] % p["mini_batch_size"]:
         return "mini_batch_size", p["mini_batch_size"], f"must divide batch_size={p['batch_size']}"
     if stage == "align" and p["headline_ratio"] not in p["ratios"]:
         return "headline_ratio", p["headline_ratio"], f"must be one of ratios={p['ratios']}"
@@ -217,6 +293,8 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
         for r in p["oracle_ratios"]:
             if r not in p["ratios"]:
                 return "oracle_ratios", p["oracle_ratios"], f"has {r}, which is not one of ratios={p['ratios']}"
+    if stage == "tulu2" and p["majority"] == p["minority"]:
+        return "minority", p["minority"], "must differ from majority (two groups with one preference are one group)"
     if stage == "pretrain" and p["n_embd"] % p["n_head"]:
         return "n_head", p["n_head"], f"must divide n_embd={p['n_embd']}"
     if stage == "condorcet" and p["dynamics_eta"] * p["dynamics_tau"] > 1:

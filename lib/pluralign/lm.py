@@ -98,7 +98,8 @@ def pretrain(model, train_blocks, val_blocks, steps: int, batch_size: int, lr: f
 def check_source(name_or_path: str, what: str) -> None:
     """Local paths must exist; hub names need the hub, which offline runs do not have."""
     p = Path(name_or_path)
-    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or p.exists()
+    # a hub id is "name" or "owner/name"; anything with more parts (or ./, ~, /) is a path
+    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1 or p.exists()
     if looks_local and not p.exists():
         raise FileNotFoundError(f"{what} path {name_or_path!r} does not exist")
     if not looks_local and os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -203,7 +203,10 @@ def response_logprobs_and_values(model, value_head, input_ids, attention_mask, n
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 output_hidden_states=value_head is not None, use_cache=False)
-    logits = out.logits[:, n_query - 1:-1] / temperature  # (B, T, V)
+    logits = out.logits[:, n_query - 1:-1]  # (B, T, V)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # PPO ratios and KL in fp32 for a half-precision model
+    logits = logits / temperature
     response = input_ids[:, n_query:]
     lse = torch.logsumexp(logits, dim=-1)
     logprobs = torch.gather(logits, -1, response.unsqueeze(-1)).squeeze(-1) - lse
@@ -211,7 +214,8 @@ def response_logprobs_and_values(model, value_head, input_ids, attention_mask, n
         entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     values = None
     if value_head is not None:
-        values = value_head(out.hidden_states[-1][:, n_query - 1:-1])
+        hidden = out.hidden_states[-1][:, n_query - 1:-1]
+        values = value_head(hidden.to(value_head.summary.weight.dtype))
     return logprobs, values, entropy
 
 
@@ -280,7 +284,8 @@ class PPO:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.model, self.tokenizer = model.eval(), tokenizer
         p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        # rewards, values and advantages in the model's dtype, or fp32 for a half-precision model
+        self.device, self.dtype = p.device, (torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype)
         self.ref_model = None
         if not self.is_peft:
             self.ref_model = (ref_model if ref_model is not None else copy.deepcopy(model)).eval()

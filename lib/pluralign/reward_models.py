@@ -49,9 +49,16 @@ def _processed(tokenizer, pairs: PreferencePairs):
 
 
 def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float = 1.0, lr: float = 5e-4,
-                       batch_size: int = 32, seed: int = 0, max_length: int = 128) -> dict:
+                       batch_size: int = 32, seed: int = 0, max_length: int = 128, bf16: bool = False,
+                       gradient_checkpointing: bool = False) -> dict:
     """Fit (or continue fitting: warm start) ``model`` on the pairs with TRL's RewardTrainer.
-    Returns the trainer's final training metrics."""
+    Returns the trainer's final training metrics.
+
+    TRL 1.16's RewardConfig defaults to bf16 autocast and gradient checkpointing; both are off
+    here unless asked for (fp32 on CPU is faster for small models and keeps scores exact), and
+    the autocast wrapper the Trainer leaves on ``model.forward`` is removed after training so that
+    later scoring runs in the model's own dtype (and warm starts do not stack wrappers)."""
+    from accelerate.utils import extract_model_from_parallel
     from transformers.utils import logging as hf_logging
     from trl import RewardConfig, RewardTrainer
 
@@ -62,11 +69,13 @@ def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float =
         args = RewardConfig(output_dir=out, num_train_epochs=epochs, learning_rate=lr,
                             per_device_train_batch_size=batch_size, seed=seed, data_seed=seed,
                             max_length=max_length, report_to="none", save_strategy="no", logging_strategy="no",
-                            use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant",
+                            use_cpu=not torch.cuda.is_available(), bf16=bf16, fp16=False,
+                            gradient_checkpointing=gradient_checkpointing, disable_tqdm=True, lr_scheduler_type="constant",
                             dataloader_num_workers=0, remove_unused_columns=True)
         trainer = RewardTrainer(model=model, args=args, train_dataset=_processed(tokenizer, pairs),
                                 processing_class=tokenizer)
         result = trainer.train()
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)  # drop the Trainer's autocast wrapper, if any
     model.eval()
     return dict(result.metrics)
 

@@ -1,0 +1,295 @@
+"""LoRA models for the Tulu2-7B stage (peft): reward models, their EM mixture, and the policy.
+
+Settings from the authors' code (shared/PAPERS.md): reward models are one-output sequence
+classifiers with LoRA r=8, α=32, dropout 0.1 (peft's default targets for Llama: q_proj, v_proj)
+and a fully trained ``score`` head; the policy is a causal LM with LoRA r=16, α=32, dropout 0.05.
+The `cpu` profile runs everything on :func:`tiny_llama`, a Llama-architecture stand-in.
+
+K reward models share ONE base in memory: a peft model with K named adapters (``rm0`` …), each
+with its own LoRA weights and its own copy of the score head; ``set_adapter`` picks the model.
+:class:`AdapterView` makes one adapter look like a model, so :func:`pluralign.reward_models.score`
+and :class:`pluralign.maxmin_ppo.GroupRewards` take them unchanged.
+
+TRL's RewardTrainer trains a ``PeftModel`` as given (only the active adapter's parameters
+require grad, so only they move; no ``peft_config`` needed).  Two of its defaults matter here:
+``RewardConfig.disable_dropout=True`` sets every ``nn.Dropout`` to p=0, LoRA dropout included,
+and ``bf16=True`` (off in :func:`pluralign.reward_models.train_reward_model`, which also removes
+the autocast wrapper the Trainer leaves on ``model.forward``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .preferences import PreferencePairs
+from .reward_models import pair_margins, train_reward_model
+
+__all__ = ["tiny_llama", "reward_lora_config", "policy_lora_config", "lora_reward_model", "lora_policy",
+           "checkpoint_layers", "share_backbone", "AdapterView", "LoraRewardMixture", "save_reward_adapters",
+           "load_reward_adapters"]
+
+
+def tiny_llama(tokenizer, hidden_size: int = 64, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
+               intermediate_size: int = 128, max_position_embeddings: int = 512, seed: int = 0):
+    """A randomly initialised ``LlamaForCausalLM`` (grouped-query attention, RoPE, SwiGLU, RMSNorm:
+    Tulu2's architecture) sized for 2 CPU cores; ``save_pretrained`` it to get a base path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_kv_head,
+                         max_position_embeddings=max_position_embeddings, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config).float()
+
+
+def reward_lora_config(r: int = 8, alpha: int = 32, dropout: float = 0.1, target_modules=None):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=target_modules, modules_to_save=["score"])
+
+
+def policy_lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=target_modules, bias="none")
+
+
+def _quantization(load_in_bits, dtype):
+    """bitsandbytes config for 8/4-bit base weights (None: full precision)."""
+    if load_in_bits is None:
+        return None
+    if load_in_bits not in (4, 8):
+        raise ValueError(f"load_in_bits must be None, 4 or 8, got {load_in_bits!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError(f"load_in_bits={load_in_bits} needs the bitsandbytes package (pip install bitsandbytes) "
+                          "and a CUDA GPU; use load_in_bits=None for full-precision weights") from None
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"load_in_bits={load_in_bits} needs a CUDA GPU (bitsandbytes); none is visible")
+    from transformers import BitsAndBytesConfig
+
+    if load_in_bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def _load_base(auto_cls, base_path: str, tokenizer, dtype, load_in_bits, **kwargs):
+    from transformers.utils import logging as hf_logging
+
+    from .lm import check_source
+
+    check_source(base_path, "base model")
+    quant = _quantization(load_in_bits, dtype)
+    extra = {"quantization_config": quant, "device_map": {"": torch.cuda.current_device()}} if quant else {}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists lm_head/score as unexpected/missing: by design
+    try:
+        model = auto_cls.from_pretrained(base_path, dtype=dtype, **extra, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token added to a Llama tokenizer
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def lora_reward_model(base_path: str, tokenizer, r: int = 8, alpha: int = 32, dropout: float = 0.1,
+                      dtype=torch.float32, load_in_bits: int | None = None, target_modules=None,
+                      adapter_name: str = "default", seed: int = 0):
+    """A LoRA reward model: ``AutoModelForSequenceClassification`` (num_labels=1, new head seeded
+    by ``seed``) on the base at ``base_path``, wrapped by peft with the head in modules_to_save.
+    ``load_in_bits`` 8 or 4 loads the base through bitsandbytes (GPU only)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    base = _load_base(AutoModelForSequenceClassification, base_path, tokenizer, dtype, load_in_bits, num_labels=1)
+    return get_peft_model(base, reward_lora_config(r, alpha, dropout, target_modules), adapter_name=adapter_name)
+
+
+def lora_policy(base_path: str, tokenizer, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+                gradient_checkpointing: bool = False, dtype=torch.float32, load_in_bits: int | None = None,
+                target_modules=None, seed: int = 0):
+    """A LoRA causal-LM policy for :class:`pluralign.ppo.PPO` (reference = adapters disabled).
+    The LoRA B matrices start at zero, so the policy starts as the base."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = _load_base(AutoModelForCausalLM, base_path, tokenizer, dtype, load_in_bits)
+    base.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = get_peft_model(base, policy_lora_config(r, alpha, dropout, target_modules))
+    if gradient_checkpointing:
+        checkpoint_layers(model)
+    return model.eval()
+
+
+def checkpoint_layers(model) -> int:
+    """Activation checkpointing of every decoder layer whenever gradients are on; returns how many.
+
+    We bypass ``model.gradient_checkpointing_enable()``: transformers checkpoints only modules in
+    training mode, and PPO keeps the policy in eval mode (dropout off, so old and new log-probs are
+    one function).  Each layer's forward is wrapped in non-reentrant ``torch.utils.checkpoint``;
+    generation (no grad, KV cache) runs the layers as they are.  (A deep copy of a wrapped model
+    would still call the original's layers: wrap copies separately.)"""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    n = 0
+    for layer in model.modules():
+        if isinstance(layer, GradientCheckpointingLayer) and "forward" not in vars(layer):
+            inner = layer.forward
+
+            def forward(*args, _inner=inner, **kwargs):
+                if torch.is_grad_enabled():
+                    return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+                return _inner(*args, **kwargs)
+
+            layer.forward = forward
+            n += 1
+    return n
+
+
+def share_backbone(reward_model, policy_base) -> None:
+    """Point a reward model's backbone at the policy base's weight tensors (same architecture and
+    config): one copy of the frozen base in memory for both.  Build the reward model on the meta
+    device (no memory), call this before wrapping either model in peft, then initialise its head.
+    Modules stay separate, so each peft wrapper adds its own adapters; only tensors are shared."""
+    dst = getattr(reward_model, reward_model.base_model_prefix)
+    src = getattr(policy_base, policy_base.base_model_prefix)
+    dst.load_state_dict(src.state_dict(), strict=True, assign=True)
+    for name, buf in src.named_buffers():  # non-persistent buffers (RoPE inv_freq) are not in state_dict
+        path, _, attr = name.rpartition(".")
+        dst.get_submodule(path)._buffers[attr] = buf
+    dst.requires_grad_(False)
+
+
+class AdapterView:
+    """One named adapter of a multi-adapter reward model, callable like a model: activates the
+    adapter (frozen), moves the inputs to the model's device and runs the model."""
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __call__(self, **inputs):
+        self.model.set_adapter(self.name, inference_mode=True)
+        device = self.device
+        return self.model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()})
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+
+def _score_head(model, name: str):
+    return model.base_model.model.score.modules_to_save[name]
+
+
+class LoraRewardMixture:
+    """K LoRA reward models on one shared base (adapters ``rm0`` … ``rm{K-1}``) behind the EM
+    interface of :class:`pluralign.reward_models.NeuralRewardMixture`: ``K``,
+    ``pair_log_likelihood``, ``fit`` (hard M-step: adapter k continues training on the pairs of
+    its users with TRL's RewardTrainer), ``state``/``load_state``.  ``models`` are
+    :class:`AdapterView`s, for ``GroupRewards`` and ``reward_models.score``.  Oracle reward
+    models are the same object fitted once on the true groups: ``fit(data, one_hot(group))``.
+    ``min_steps``: each adapter's M-step takes at least this many optimiser steps (0: just ``epochs``)."""
+
+    def __init__(self, base_path: str, tokenizer, K: int, r: int = 8, alpha: int = 32, dropout: float = 0.1,
+                 epochs: float = 1.0, lr: float = 2e-5, batch_size: int = 8, max_length: int = 512,
+                 dtype=torch.float32, load_in_bits: int | None = None, seed: int = 0, min_steps: int = 0):
+        if K < 1:
+            raise ValueError(f"K must be >= 1, got {K}")
+        self.K, self.tokenizer, self.min_steps = K, tokenizer, min_steps
+        self.names = [f"rm{k}" for k in range(K)]
+        self.model = lora_reward_model(base_path, tokenizer, r, alpha, dropout, dtype, load_in_bits,
+                                       adapter_name=self.names[0], seed=seed)
+        for name in self.names[1:]:
+            self.model.add_adapter(name, reward_lora_config(r, alpha, dropout))
+        std = self.model.config.initializer_range
+        with torch.no_grad():  # distinct seeded heads, as NeuralRewardMixture seeds seed·100 + k
+            for k, name in enumerate(self.names):
+                head = _score_head(self.model, name).weight
+                head.copy_(torch.randn(head.shape, generator=torch.Generator().manual_seed(seed * 100 + k)) * std)
+        self.models = [AdapterView(self.model, n) for n in self.names]
+        self.train_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length)
+        self.seed, self.n_fits = seed, 0
+        self.model.eval()
+
+    def pair_log_likelihood(self, data: PreferencePairs) -> torch.Tensor:
+        """(K, N) log σ(r_k(chosen) − r_k(rejected))."""
+        return torch.stack([F.logsigmoid(pair_margins(m, self.tokenizer, data)).cpu() for m in self.models]).double()
+
+    def fit(self, data: PreferencePairs, resp: torch.Tensor) -> None:
+        if not bool(((resp == 0) | (resp == 1)).all()):
+            raise ValueError("LoraRewardMixture takes hard assignments only (run mixture_em with soft=False)")
+        owner = resp.argmax(1)[data.user]
+        for k, name in enumerate(self.names):
+            rows = (owner == k).nonzero().flatten()
+            self.model.set_adapter(name)  # only this adapter requires grad: RewardTrainer moves only it
+            # a small cluster (the minority) still gets min_steps updates: `epochs` passes over a few
+            # dozen pairs cannot move a warm-started adapter away from the majority it began with
+            kw = dict(self.train_kw)
+            if len(rows):
+                kw["epochs"] = max(kw["epochs"], self.min_steps * kw["batch_size"] / len(rows))
+            train_reward_model(self.model, self.tokenizer, data.subset(rows), seed=self.seed + self.n_fits, **kw)
+        self.model.set_adapter(self.names[0], inference_mode=True)
+        self.n_fits += 1
+
+    def state(self):
+        """{adapter: {parameter name: tensor copy}} of the LoRA weights and heads."""
+        return {n: {p: t.detach().clone() for p, t in self.model.named_parameters() if f".{n}." in p}
+                for n in self.names}
+
+    def load_state(self, state) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for tensors in state.values():
+                for p, t in tensors.items():
+                    params[p].copy_(t)
+
+    def save(self, out_dir) -> list[str]:
+        """Write each adapter (``save_pretrained``, with its head) to ``out_dir/rm{k}``."""
+        return save_reward_adapters(self.model, out_dir, self.names)
+
+
+def save_reward_adapters(model, out_dir, names=None) -> list[str]:
+    """Save the named adapters of a peft reward model to ``out_dir/<name>``; returns the folders."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    names = list(model.peft_config) if names is None else names
+    folders = []
+    for name in names:
+        model.save_pretrained(out, selected_adapters=[name])  # peft writes non-default adapters to out/name
+        folders.append(str(out / name) if name != "default" else str(out))
+    return folders
+
+
+def load_reward_adapters(base_path: str, tokenizer, adapter_dirs, dtype=torch.float32,
+                         load_in_bits: int | None = None) -> list[AdapterView]:
+    """K saved reward adapters on one freshly loaded base, frozen: [AdapterView] in the given order."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    if not adapter_dirs:
+        raise ValueError("need at least one reward adapter folder")
+    base = _load_base(AutoModelForSequenceClassification, base_path, tokenizer, dtype, load_in_bits, num_labels=1)
+    model = PeftModel.from_pretrained(base, str(adapter_dirs[0]), adapter_name="rm0", is_trainable=False)
+    for k, d in enumerate(adapter_dirs[1:], 1):
+        model.load_adapter(str(d), adapter_name=f"rm{k}", is_trainable=False)
+    model.requires_grad_(False)
+    model.eval()
+    return [AdapterView(model, f"rm{k}") for k in range(len(adapter_dirs))]

@@ -1,0 +1,319 @@
+"""LoRA reward models, their EM mixture on one shared base, the LoRA policy under our PPO, the
+accelerate configs, the Tulu2 PPO script and the 7B benchmark at tiny size — all on a tiny
+Llama-architecture stand-in built here (HF_HUB_OFFLINE=1, CPU)."""
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pluralign import em, lm, lora, soups
+from pluralign import reward_models as rm
+from pluralign.ppo import PPO, PPOConfig, response_logprobs_and_values
+from pluralign.preferences import PreferencePairs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared 2-core box
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tok = lm.build_word_tokenizer(soups.standin_vocabulary())
+    lora.tiny_llama(tok, hidden_size=32, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=64).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path), lm.load_tokenizer(str(path))
+
+
+def two_group_pairs(n_users=4, per_user=16, seed=0):
+    """Group 0 (even users) prefers technical words, group 1 simple ones: opposite preferences."""
+    rng = random.Random(seed)
+    group = torch.tensor([u % 2 for u in range(n_users)])
+    prompt, chosen, rejected, user = [], [], [], []
+    for u in range(n_users):
+        for _ in range(per_user):
+            tech = " ".join(rng.choice(soups.TECHNICAL) for _ in range(4)) + " ."
+            simple = " ".join(rng.choice(soups.SIMPLE) for _ in range(4)) + " ."
+            prompt.append(soups.tulu_prompt(rng.choice(soups.ASKS).format(t=rng.choice(soups.TOPICS))))
+            chosen.append(tech if group[u] == 0 else simple)
+            rejected.append(simple if group[u] == 0 else tech)
+            user.append(u)
+    return PreferencePairs(prompt, chosen, rejected, torch.tensor(user), n_users, group)
+
+
+def test_lora_reward_model_trains_with_reward_trainer(base):
+    path, tok = base
+    model = lora.lora_reward_model(path, tok, r=8, alpha=32, dropout=0.1, seed=0)
+    assert type(model).__name__ == "PeftModelForSequenceClassification"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".score.modules_to_save." in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pairs = two_group_pairs()
+    majority = pairs.subset((pairs.group[pairs.user] == 0).nonzero().flatten())
+    rm.train_reward_model(model, tok, majority, epochs=3, lr=1e-2, batch_size=16, bf16=True)  # a PeftModel, as is
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert moved == trainable  # the base stays frozen
+    assert model.forward.__func__ is type(model).forward  # the Trainer's bf16 autocast wrapper was removed
+    assert rm.accuracy_by_group(model, tok, pairs)[0] > 0.95
+
+
+def test_em_over_lora_adapters_on_one_base(base, tmp_path):
+    path, tok = base
+    pairs = two_group_pairs()
+    fit = em.mixture_em(lambda: lora.LoraRewardMixture(path, tok, 2, epochs=2, lr=1e-2, batch_size=16,
+                                                       max_length=64, seed=0),
+                        pairs, n_init=1, init="round_robin", max_iter=3, seed=0)
+    assert em.purity(fit.assignment, pairs.group) == 1.0
+    mix = fit.model
+    assert len({id(v.model) for v in mix.models}) == 1  # K reward models, one base in memory
+    for k in range(2):
+        mine = pairs.subset((fit.assignment[pairs.user] == k).nonzero().flatten())
+        assert float((rm.pair_margins(mix.models[k], tok, mine) > 0).float().mean()) > 0.9
+
+    # state / load_state restore every adapter; saved adapters reload to the same scores
+    margins = [rm.pair_margins(m, tok, pairs) for m in mix.models]
+    state = mix.state()
+    mix.fit(pairs, torch.nn.functional.one_hot(1 - fit.assignment, 2).double())  # move both adapters
+    assert not torch.allclose(rm.pair_margins(mix.models[0], tok, pairs), margins[0])
+    mix.load_state(state)
+    for m, before in zip(mix.models, margins):
+        torch.testing.assert_close(rm.pair_margins(m, tok, pairs), before)
+    folders = mix.save(tmp_path)
+    loaded = lora.load_reward_adapters(path, tok, folders)
+    for m, before in zip(loaded, margins):
+        torch.testing.assert_close(rm.pair_margins(m, tok, pairs), before, rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in loaded[0].model.parameters())
+    with pytest.raises(ValueError, match="hard assignments only"):
+        mix.fit(pairs, torch.full((4, 2), 0.5))
+
+
+def test_lora_policy_takes_two_ppo_steps_against_the_adapter_free_base(base):
+    from transformers import AutoModelForCausalLM
+
+    path, tok = base
+    policy = lora.lora_policy(path, tok, r=4, alpha=8, dropout=0.05, seed=0)
+    reference = AutoModelForCausalLM.from_pretrained(path).eval()
+    ppo = PPO(policy, tok, PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=2, learning_rate=1e-2,
+                                     max_new_tokens=6, seed=0))
+    assert ppo.ref_model is None and all("lora_" in n for n, p in policy.named_parameters() if p.requires_grad)
+    ids, mask = lm.encode_prompts(tok, soups.alpaca_prompts(soups.make_standin(
+        Path(path) / "data", n_per_dim=2, n_prompts=4, n_eval=1)["prompts"]))
+    for _ in range(2):
+        roll = ppo.rollout(ids, mask)
+        stats = ppo.step(roll, torch.arange(4.0))
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    Q, m = roll.query_ids.shape[1], roll.response_mask
+    with torch.no_grad():
+        lp_base, _, _ = response_logprobs_and_values(reference, None, roll.input_ids, roll.attention_mask, Q, 1.0)
+        lp_policy, _, _ = response_logprobs_and_values(policy, None, roll.input_ids, roll.attention_mask, Q, 1.0)
+    torch.testing.assert_close(ppo.ref_logprobs(roll.input_ids, roll.attention_mask, Q)[m], lp_base[m])
+    assert float((lp_policy - lp_base)[m].abs().max()) > 1e-4  # the adapters moved the policy
+
+
+def test_checkpointing_works_in_eval_mode_and_keeps_gradients(base, monkeypatch):
+    path, tok = base
+    plain = lora.lora_policy(path, tok, r=4, alpha=8, seed=1)
+    ckpt = lora.lora_policy(path, tok, r=4, alpha=8, seed=1, gradient_checkpointing=True)
+    calls = []
+    real = lora.checkpoint
+    monkeypatch.setattr(lora, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ids, mask = lm.encode_prompts(tok, ["<|user|>\nexplain soap . \n<|assistant|>\nthe sun is big ."] * 2)
+    grads = []
+    for model in (plain, ckpt):
+        lp, _, _ = response_logprobs_and_values(model, None, ids, mask, 4, 1.0)  # eval mode, as PPO runs it
+        lp.sum().backward()
+        grads.append([p.grad for n, p in model.named_parameters() if p.requires_grad])
+    assert len(calls) == 2  # both decoder layers of the checkpointed model, none of the plain one
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        ckpt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
+                      pad_token_id=tok.pad_token_id)
+    assert len(calls) == 2  # no checkpointing without gradients
+
+
+def test_reward_model_can_share_the_policy_base_weights(base):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path, tok = base
+    policy_base = AutoModelForCausalLM.from_pretrained(path)
+    reference = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+    with torch.device("meta"):
+        shared = AutoModelForSequenceClassification.from_config(reference.config)
+    lora.share_backbone(shared, policy_base)
+    shared.score = reference.score
+    ptrs = {p.data_ptr() for p in policy_base.model.parameters()}
+    assert all(p.data_ptr() in ptrs for p in shared.model.parameters())
+    enc = tok(["the sun is big .", "<|user|>\nq \n<|assistant|>\nthermodynamics ."], return_tensors="pt",
+              padding=True, padding_side="right")
+    with torch.no_grad():
+        torch.testing.assert_close(shared.eval()(**enc).logits, reference(**enc).logits)
+
+
+def test_quantised_loading_needs_bitsandbytes_and_a_gpu(base):
+    path, tok = base
+    with pytest.raises(ValueError, match="load_in_bits must be None, 4 or 8"):
+        lora.lora_reward_model(path, tok, load_in_bits=3)
+    try:
+        import bitsandbytes  # noqa: F401
+        expected = RuntimeError if not torch.cuda.is_available() else None
+    except ImportError:
+        expected = ImportError
+    if expected is not None:
+        with pytest.raises(expected, match="bitsandbytes|CUDA GPU"):
+            lora.lora_policy(path, tok, load_in_bits=8)
+
+
+@pytest.mark.parametrize("name, kind, n", [("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 2), ("fsdp", "FSDP", 2)])
+def test_accelerate_configs_parse(name, kind, n, monkeypatch):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin, prepare_multi_gpu_env
+
+    path = ROOT / "configs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert isinstance(config, ClusterConfig) and config.distributed_type.value == kind
+    assert config.num_processes == n and config.mixed_precision == "bf16"
+    # what `accelerate launch --config_file …` makes of it (parsing and merging only, nothing starts)
+    args = launch_command_parser().parse_args(["--config_file", str(path), "scripts/tulu2_ppo.py", "--params", "p"])
+    args, _, _ = _validate_launch_command(args)
+    assert (args.multi_gpu, args.use_fsdp) == (kind == "MULTI_GPU", kind == "FSDP")
+    if kind == "FSDP":
+        for key, value in prepare_multi_gpu_env(args).items():
+            monkeypatch.setenv(key, value)
+        plugin = FullyShardedDataParallelPlugin()
+        assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+
+
+PARAMS = """tulu2:
+  profile: cpu
+  base_model: allenai/tulu-2-7b
+  soups_path: ""
+  soups_pattern: "{dim}.json"
+  ppo_prompts: ""
+  eval_prompts: ""
+  majority: P1A
+  minority: P1B
+  max_new_tokens: 6
+  temperature: 1.0
+  dtype: float32
+  load_in_bits: null
+  accelerate_config: configs/accelerate/single_gpu.yaml
+  judge: rule
+  judge_model: ""
+tulu_align:
+  seed: 0
+  methods: [maxmin]
+  steps: 2
+  batch_size: 4
+  mini_batch_size: 2
+  ppo_epochs: 1
+  lr: 0.001
+  kl_coef: 0.05
+  n_standardise: 4
+  n_prompts: 0
+  lora_r: 4
+  lora_alpha: 8
+  lora_dropout: 0.05
+  gradient_checkpointing: true
+  n_boot: 200
+"""
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("tulu2_ppo", ROOT / "scripts" / "tulu2_ppo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tulu2_ppo_script_runs_two_steps(base, tmp_path):
+    import json
+
+    path, tok = base
+    folders = lora.LoraRewardMixture(path, tok, 2, seed=0).save(tmp_path / "rms")
+    data = soups.make_standin(tmp_path / "data", n_per_dim=2, n_prompts=16, n_eval=1)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(ROOT / "scripts" / "tulu2_ppo.py"), "--params", str(tmp_path / "params.yaml"),
+           "--rule", "argmin", "--base", path, "--rewards", *folders, "--prompts", str(data["prompts"]), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2] and all(h["group"] in (0, 1) for h in history)
+    assert (tmp_path / "out" / "policy" / "adapter_config.json").exists()
+    assert (tmp_path / "out" / "policy" / "value_head.pt").exists()
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["processes"] == 1 and len(run["reward_mean"]) == 2
+
+
+def test_tulu2_ppo_params_are_checked(tmp_path):
+    script = _script()
+    (tmp_path / "p.yaml").write_text(PARAMS.replace("methods: [maxmin]", "methods: [fastest]"))
+    with pytest.raises(script.ParamError, match=r"^tulu_align\.methods = \['fastest'\]: has entry"):
+        script.read_params(tmp_path / "p.yaml")
+    (tmp_path / "p.yaml").write_text(PARAMS.replace("mini_batch_size: 2", "mini_batch_size: 3"))
+    with pytest.raises(script.ParamError, match="must divide batch_size=4"):
+        script.read_params(tmp_path / "p.yaml")
+    (tmp_path / "p.yaml").write_text(PARAMS.replace("minority: P1B", "minority: P1A"))
+    with pytest.raises(script.ParamError, match="must differ from majority"):
+        script.read_params(tmp_path / "p.yaml")
+
+
+def test_tiny_benchmark_completes(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_tulu_7b", ROOT / "benchmarks" / "bench_tulu_7b.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    report = bench.main(["--size", "tiny", "--cpu", "--steps", "1", "--warmup", "0", "--batch-size", "4",
+                         "--new-tokens", "4", "--out", str(out)])
+    assert out.exists() and report["reward_backbone_shares_policy_weights"]
+    assert report["step_seconds"] > 0 and 0 < report["update_mfu"] and report["generated_tokens_per_second"] > 0
+
+
+SYNC_CHECK = """
+import sys, torch
+sys.path.insert(0, {lib!r})
+torch.set_num_threads(1)
+from accelerate import Accelerator
+from pluralign import lm, lora
+from pluralign.ppo import PPO, PPOConfig
+import importlib.util
+spec = importlib.util.spec_from_file_location("tulu2_ppo", {script!r})
+script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)
+acc = Accelerator(cpu=True)
+tok = lm.load_tokenizer({base!r})
+ppo = PPO(lora.lora_policy({base!r}, tok, r=4, alpha=8, seed=0), tok,
+          PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4, seed=acc.process_index))
+script.sync_gradients(ppo.params, acc.num_processes)
+ids, mask = lm.encode_prompts(tok, ["explain soap ."] * 4)
+ppo.step(ppo.rollout(ids, mask), torch.randn(4, generator=torch.Generator().manual_seed(acc.process_index)))
+flat = torch.cat([p.detach().flatten() for p in ppo.params])[None]
+every = acc.gather(flat)
+if acc.is_main_process:
+    print("SPREAD", float((every - every[0]).abs().max()))
+"""
+
+
+def test_gradient_sync_keeps_two_processes_identical(base, tmp_path):
+    """Two CPU processes (torchrun, gloo) with different samples and rewards end one PPO step with
+    the same LoRA weights: the hook in scripts/tulu2_ppo.py averages the gradients."""
+    path, _ = base
+    helper = tmp_path / "sync_check.py"
+    helper.write_text(SYNC_CHECK.format(lib=str(ROOT / "lib"), script=str(ROOT / "scripts" / "tulu2_ppo.py"), base=path))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(helper)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split("SPREAD")[1].split()[0]) == 0.0  # without the hook: ~4e-3 apart
