@@ -1,0 +1,421 @@
+"""Nash-MD-PG for causal language models (Munos et al. 2024, §7), one file.
+
+One iteration on B prompts x ~ ρ:
+
+  y  ~ π_θ(·|x)          ``model.generate`` (KV cache)
+  y' ~ π'(·|x)           token by token from the geometric mixture of the policy and μ,
+                         log π'(·|x, y'_<t) = (1−β) log π_θ(·|x, y'_<t) + β log μ(·|x, y'_<t) + c_t,
+                         renormalised at every token; no gradient flows through π'
+  P  = P(y ≻ y'|x)       from a preference callable (a pairwise model, or σ(r(y) − r(y')))
+  ∇  ≈ mean_b ∇ log π_θ(y|x) · [P − ½ − τ log(π_θ(y|x) / μ(y|x))]      (ascent)
+
+β = 0 is self-play (the opponent is the current policy), β = 1 the best response to μ.
+Nash-EMA-PG replaces θ in the opponent by an exponential moving average θ̄ of the parameters.
+
+μ is the reference (initial) policy: a frozen copy, or for a peft ``PeftModel`` the same
+network with its adapters disabled.  TRL 1.13's ``NashMDTrainer`` sampled y' by re-running both
+models on the whole sequence for every new token (O(T²)); :func:`mixture_sample` keeps one KV
+cache per model view instead, and :func:`mixture_sample_nocache` is that O(T²) computation, kept
+as the test oracle.
+
+Shapes: B sequences, Q query positions (left-padded), T response positions (right-padded),
+V vocabulary.  Dropout is off throughout (models stay in eval mode).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import lm
+from .ppo import _is_peft, response_logprobs_and_values, truncate_after_eos
+
+__all__ = [
+    "NashMDConfig",
+    "mixture_logprobs",
+    "mixture_sample",
+    "mixture_sample_nocache",
+    "nash_md_loss",
+    "preference_from_reward",
+    "NashMDRollout",
+    "NashMD",
+    "train_nash_md",
+]
+
+
+@dataclass
+class NashMDConfig:
+    """Hyper-parameters.  beta is the mixture weight of μ in the opponent (TRL's mixture_coef),
+    tau the KL regularisation τ (TRL's beta); ema_decay=None samples the opponent from the current
+    policy (Nash-MD-PG), a number d from θ̄ ← d θ̄ + (1−d) θ (Nash-EMA-PG).  missing_eos_penalty
+    is subtracted from P(y ≻ y') for responses y that never emit EOS."""
+
+    beta: float = 0.125
+    tau: float = 0.01
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    max_grad_norm: float = 1.0
+    ema_decay: float | None = None
+    missing_eos_penalty: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        def need(ok: bool, name: str, rule: str):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(is_num(self.beta) and 0 <= self.beta <= 1, "beta", "in [0, 1]")
+        for name in ("tau", "learning_rate", "temperature", "max_grad_norm"):
+            need(is_num(getattr(self, name)) and getattr(self, name) > 0, name, "a finite number > 0")
+        for name in ("batch_size", "max_new_tokens"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
+        need(self.ema_decay is None or (is_num(self.ema_decay) and 0 <= self.ema_decay <= 1), "ema_decay",
+             "None or in [0, 1]")
+        need(self.missing_eos_penalty is None or is_num(self.missing_eos_penalty), "missing_eos_penalty",
+             "None or a finite number")
+        need(is_int(self.seed), "seed", "an integer")
+
+
+# -- the opponent: geometric mixture, sampled token by token ----------------------------------
+def mixture_logprobs(policy_logits, ref_logits, beta: float, temperature: float = 1.0) -> torch.Tensor:
+    """log π'(·) = (1−β) log softmax(ℓ_θ / T) + β log softmax(ℓ_μ / T) − log Z, over the last dim.
+
+    Temperature T divides each model's logits before mixing (equivalently the mixed logits, as
+    mixing is linear).  β = 0 / β = 1 return the policy's / reference's log-probs and ignore the
+    other argument (which may be None)."""
+    def logp(logits):  # half-precision logits are normalised in float32
+        return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+
+    if beta == 0:
+        return logp(policy_logits)
+    if beta == 1:
+        return logp(ref_logits)
+    return torch.log_softmax((1 - beta) * logp(policy_logits) + beta * logp(ref_logits), dim=-1)
+
+
+def _draw(logprobs: torch.Tensor, generator) -> torch.Tensor:
+    """One token per row of (B, V) log-probs by inverse CDF: exactly one uniform per row, so the
+    cached and cache-less samplers consume the generator identically."""
+    device = generator.device if generator is not None else logprobs.device
+    u = torch.rand(logprobs.shape[0], 1, generator=generator, device=device).to(logprobs.device)
+    cdf = torch.cumsum(logprobs.exp(), dim=-1)
+    return (cdf < u * cdf[:, -1:]).sum(-1).clamp_max(logprobs.shape[-1] - 1)
+
+
+def _views(policy, ref, beta: float):
+    """The two "model views" (model, adapter_off) for π_θ and μ; None where β makes it unused.
+    ref=None means μ is the policy's adapter-disabled self (peft only)."""
+    if ref is None and not _is_peft(policy):
+        raise ValueError("ref is None but the policy is not a peft PeftModel: pass the reference model")
+    pi = (policy, False) if beta < 1 else None
+    mu = ((policy, True) if ref is None else (ref, False)) if beta > 0 else None
+    return pi, mu
+
+
+def _forward(view, **inputs):
+    model, adapter_off = view
+    with model.disable_adapter() if adapter_off else nullcontext():
+        return model(**inputs)
+
+
+def _check_left_padded(query_mask):
+    if not bool(query_mask[:, -1].all()):
+        raise ValueError("queries must be left-padded (tokenizer.padding_side = 'left')")
+
+
+def _finish(tokens: list, eos_token_id, pad_token_id, step_logprobs, return_logprobs):
+    response, mask = truncate_after_eos(torch.stack(tokens, 1), eos_token_id, pad_token_id)
+    if return_logprobs:
+        return response, mask, torch.stack(step_logprobs, 1)
+    return response, mask
+
+
+@torch.no_grad()
+def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_tokens: int, eos_token_id: int,
+                   pad_token_id: int, temperature: float = 1.0, generator=None, return_logprobs: bool = False):
+    """y' ~ π' for left-padded queries (B, Q), one KV cache per model view.
+
+    π' is :func:`mixture_logprobs` of the policy and ref (temperature applied to each model's
+    logits before mixing).  ref=None with a peft policy: μ is the adapter-disabled policy, kept in
+    its own cache.  After the prompt, each model sees one new token per forward; positions count
+    attended tokens only (left padding), as ``generate`` does.  Rows that have emitted EOS are fed
+    padding; sampling stops when every row has.  β ∈ {0, 1} runs one model only.
+
+    Returns response ids (B, T) (pad after the first EOS), mask (B, T) bool (tokens up to and
+    including the first EOS) and, with return_logprobs, the mixture log-probs (B, T, V) at every
+    step.  T ≤ max_new_tokens."""
+    _check_left_padded(query_mask)
+    views = _views(policy, ref, beta)
+    mask = query_mask.long()
+    position = (mask.cumsum(-1) - 1).clamp_min(0)
+    inputs = dict(input_ids=query_ids, attention_mask=mask, position_ids=position)
+    caches = [None, None]
+    tokens, step_logprobs = [], []
+    done = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
+    for _ in range(max_new_tokens):
+        logits = [None, None]
+        for i, view in enumerate(views):
+            if view is not None:
+                # transformers 5.x names the KV cache `cache` (past_key_values is deprecated)
+                out = _forward(view, **inputs, cache=caches[i], use_cache=True, logits_to_keep=1)
+                logits[i], caches[i] = out.logits[:, -1], out.cache
+        logp = mixture_logprobs(logits[0], logits[1], beta, temperature)
+        nxt = torch.where(done, pad_token_id, _draw(logp, generator))
+        tokens.append(nxt)
+        if return_logprobs:
+            step_logprobs.append(logp)
+        done = done | (nxt == eos_token_id)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+        inputs = dict(input_ids=nxt[:, None], attention_mask=mask, position_ids=inputs["position_ids"][:, -1:] + 1)
+    return _finish(tokens, eos_token_id, pad_token_id, step_logprobs, return_logprobs)
+
+
+@torch.no_grad()
+def mixture_sample_nocache(policy, ref, query_ids, query_mask, beta: float, max_new_tokens: int, eos_token_id: int,
+                           pad_token_id: int, temperature: float = 1.0, generator=None, return_logprobs: bool = False):
+    """:func:`mixture_sample` without a KV cache: both models re-read query + y'_<t for every new
+    token (what TRL 1.13's GeometricMixtureWrapper did).  Same arguments, same random numbers,
+    same outputs up to float rounding; the test oracle and the benchmark's baseline."""
+    _check_left_padded(query_mask)
+    views = _views(policy, ref, beta)
+    ids, mask = query_ids, query_mask.long()
+    tokens, step_logprobs = [], []
+    done = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
+    for _ in range(max_new_tokens):
+        position = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = [None, None]
+        for i, view in enumerate(views):
+            if view is not None:
+                out = _forward(view, input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
+                               logits_to_keep=1)
+                logits[i] = out.logits[:, -1]
+        logp = mixture_logprobs(logits[0], logits[1], beta, temperature)
+        nxt = torch.where(done, pad_token_id, _draw(logp, generator))
+        tokens.append(nxt)
+        if return_logprobs:
+            step_logprobs.append(logp)
+        done = done | (nxt == eos_token_id)
+        if bool(done.all()):
+            break
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+    return _finish(tokens, eos_token_id, pad_token_id, step_logprobs, return_logprobs)
+
+
+# -- the policy gradient -----------------------------------------------------------------------
+def nash_md_loss(logprobs, ref_logprobs, mask, preference, tau: float):
+    """Score-function surrogate of Nash-MD-PG.
+
+    logprobs (B, T): log π_θ(y_t) with grad; ref_logprobs (B, T): log μ(y_t); mask (B, T);
+    preference (B,): P(y ≻ y'|x).  With the sequence log-ratio k = Σ_t (log π_θ − log μ)(y_t) and
+    A = P − ½ − τ k (detached: the bracket is a weight, not a function to differentiate),
+
+        loss = −mean_b A_b Σ_t log π_θ(y_bt),   so   −∇loss = mean_b ∇ log π_θ(y_b|x) · A_b.
+
+    Returns (loss, stats) with detached floats preference (mean P), kl (mean k), loss, advantage."""
+    mask = mask.to(logprobs.dtype)
+    seq_logprob = (logprobs * mask).sum(1)
+    with torch.no_grad():
+        kl = ((logprobs - ref_logprobs) * mask).sum(1)
+        advantage = preference.to(logprobs.dtype) - 0.5 - tau * kl
+    loss = -(advantage * seq_logprob).mean()
+    stats = {"preference": float(preference.float().mean()), "kl": float(kl.mean()), "loss": float(loss.detach()),
+             "advantage": float(advantage.mean())}
+    return loss, stats
+
+
+def preference_from_reward(reward):
+    """Bradley–Terry preference P(y ≻ y'|x) = σ(r(x, y) − r(x, y')) from a reward callable
+    ``reward(prompts, responses) -> (B,)`` (the only kind of preference TRL 1.13's Nash-MD took)."""
+
+    def preference(prompts, responses, opponents):
+        return torch.sigmoid(reward(prompts, responses) - reward(prompts, opponents))
+
+    return preference
+
+
+# -- the trainer -------------------------------------------------------------------------------
+@dataclass
+class NashMDRollout:
+    """One batch: query_ids/query_mask (B, Q) left-padded; y = response_ids/response_mask (B, T)
+    from π_θ; y' = opponent_ids/opponent_mask (B, T') from π'; ref_logprobs (B, T): log μ(y_t)."""
+
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    opponent_ids: torch.Tensor
+    opponent_mask: torch.Tensor
+    ref_logprobs: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+
+class NashMD:
+    """Nash-MD-PG (or Nash-EMA-PG with ``config.ema_decay``) on a causal LM ``model`` (a
+    transformers model or a peft ``PeftModel``).
+
+    μ: the adapter-disabled model for a PeftModel (ref_model must be None), else ``ref_model`` or a
+    frozen deepcopy of the initial model.  The EMA opponent is a frozen deepcopy of the model
+    (for a PeftModel the copy's adapter-disabled view is again μ).  One AdamW (no weight decay)
+    over the trainable parameters.  ``torch.manual_seed(config.seed)`` is called here (``generate``
+    uses the global generator); y' is drawn with a private generator seeded likewise."""
+
+    def __init__(self, model, tokenizer, config: NashMDConfig | None = None, ref_model=None):
+        self.config = cfg = config if config is not None else NashMDConfig()
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer.pad_token_id is None; set tokenizer.pad_token (e.g. to eos_token)")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer.eos_token_id is None; the tokenizer needs an eos_token")
+        self.is_peft = _is_peft(model)
+        if self.is_peft and ref_model is not None:
+            raise ValueError("ref_model must be None for a PeftModel: the reference is the adapter-disabled model")
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
+        self.ref_model = None
+        if not self.is_peft:
+            self.ref_model = (ref_model if ref_model is not None else copy.deepcopy(model)).eval()
+            self.ref_model.requires_grad_(False)
+        self.ema_model = None
+        if cfg.ema_decay is not None:
+            self.ema_model = copy.deepcopy(model).eval()
+            self.ema_model.requires_grad_(False)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
+        self.generation_kwargs = dict(
+            do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
+            max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, use_cache=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+
+    @property
+    def opponent_policy(self):
+        """The π_θ part of the opponent: θ̄ (EMA) or θ."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    # -- rollout ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> NashMDRollout:
+        """y ~ π_θ (``generate``), y' ~ π' (:func:`mixture_sample`), and log μ(y_t)."""
+        cfg, tok = self.config, self.tokenizer
+        query_ids, query_mask = query_ids.to(self.device), query_mask.to(self.device).long()
+        _check_left_padded(query_mask)
+        Q = query_ids.shape[1]
+        out = self.model.generate(input_ids=query_ids, attention_mask=query_mask, **self.generation_kwargs)
+        response, mask = truncate_after_eos(out[:, Q:], tok.eos_token_id, tok.pad_token_id)
+        opponent, opponent_mask = mixture_sample(
+            self.opponent_policy, self.ref_model, query_ids, query_mask, cfg.beta, cfg.max_new_tokens,
+            tok.eos_token_id, tok.pad_token_id, cfg.temperature, self.generator)
+        ids = torch.cat([query_ids, response], 1)
+        am = torch.cat([query_mask, mask.long()], 1)
+        ref = self.ref_model if self.ref_model is not None else self.model
+        with self.model.disable_adapter() if self.is_peft else nullcontext():
+            ref_lp, _, _ = response_logprobs_and_values(ref, None, ids, am, Q, cfg.temperature)
+        return NashMDRollout(query_ids, query_mask, response, mask, opponent, opponent_mask, ref_lp)
+
+    # -- update ----------------------------------------------------------------------------
+    def step(self, rollout: NashMDRollout, preference) -> dict:
+        """One AdamW step on :func:`nash_md_loss` given P(y ≻ y'|x) (B,); then θ̄ ← d θ̄ + (1−d) θ."""
+        cfg = self.config
+        B, Q = len(rollout), rollout.query_ids.shape[1]
+        preference = torch.as_tensor(preference, device=self.device).reshape(-1).float()
+        if preference.shape[0] != B:
+            raise ValueError(f"preference must have one entry per sequence ({B}), got {preference.shape[0]}")
+        if not bool(((preference >= 0) & (preference <= 1)).all()):
+            raise ValueError("preference must be probabilities P(y ≻ y') in [0, 1]")
+        has_eos = ((rollout.response_ids == self.tokenizer.eos_token_id) & rollout.response_mask).any(1)
+        target = preference
+        if cfg.missing_eos_penalty is not None:
+            target = preference - cfg.missing_eos_penalty * (~has_eos).float()
+
+        self.model.eval()
+        logprobs, _, _ = response_logprobs_and_values(self.model, None, rollout.input_ids, rollout.attention_mask,
+                                                       Q, cfg.temperature)
+        loss, stats = nash_md_loss(logprobs, rollout.ref_logprobs, rollout.response_mask, target, cfg.tau)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+        self.optimizer.step()
+        if self.ema_model is not None:
+            self.update_ema()
+        stats.update({
+            "preference": float(preference.mean()),
+            "response_length": float(rollout.response_mask.sum(1).float().mean()),
+            "opponent_length": float(rollout.opponent_mask.sum(1).float().mean()),
+            "eos_frac": float(has_eos.float().mean()),
+        })
+        return stats
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """θ̄ ← d θ̄ + (1−d) θ over the trainable parameters (the rest never move)."""
+        d = self.config.ema_decay
+        for p_bar, p in zip(self.ema_model.parameters(), self.model.parameters()):
+            if p.requires_grad:
+                p_bar.lerp_(p, 1 - d)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """Texts of (B, T) responses (special tokens, including EOS and padding, skipped)."""
+        return [self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
+                for row, m in zip(ids.cpu(), mask.cpu())]
+
+    def save_pretrained(self, path) -> None:
+        """The policy (adapter only for a PeftModel) and tokenizer via ``save_pretrained``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def train_nash_md(base_path: str, tokenizer, preference, prompts: list[str], steps: int, config: NashMDConfig,
+                  progress: bool = True, monitor=None):
+    """Nash-MD-PG from the base policy at ``base_path`` for ``steps`` iterations.
+
+    Prompts are drawn (seeded) in batches of ``config.batch_size``; ``preference(prompts, y, y')``
+    returns P(y ≻ y'|x) (B,) for the decoded texts (" " + text.strip()).  Returns (trainer,
+    history) with, per step, the mean preference, KL estimate, loss and the rest of the step's
+    stats, plus ``monitor(texts_y)``'s numbers."""
+    policy = lm.load_causal_lm(base_path, tokenizer)
+    trainer = NashMD(policy, tokenizer, config)
+    g = torch.Generator().manual_seed(config.seed)
+    history = []
+    for step in tqdm(range(1, steps + 1), desc=f"Nash-MD (β={config.beta})", disable=not progress, mininterval=10):
+        batch = [prompts[i] for i in torch.randint(len(prompts), (config.batch_size,), generator=g).tolist()]
+        ids, mask = lm.encode_prompts(tokenizer, batch)
+        roll = trainer.rollout(ids, mask)
+        texts_y = [" " + t.strip() for t in trainer.decode(roll.response_ids, roll.response_mask)]
+        texts_y_prime = [" " + t.strip() for t in trainer.decode(roll.opponent_ids, roll.opponent_mask)]
+        p = preference(batch, texts_y, texts_y_prime)
+        stats = trainer.step(roll, p)
+        row = {"step": step, **{k: float(v) for k, v in stats.items()}}
+        if monitor is not None:
+            row.update(monitor(texts_y))
+        history.append(row)
+    return trainer, history

@@ -1,0 +1,371 @@
+"""Nash-MD-PG for causal LMs on tiny GPT-2 / Llama models with a word-level tokenizer (no hub)."""
+import copy
+import os
+import re
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pluralign import lm  # noqa: E402
+from pluralign.nash_md_lm import (NashMD, NashMDConfig, mixture_logprobs, mixture_sample,  # noqa: E402
+                                  mixture_sample_nocache, nash_md_loss, preference_from_reward, train_nash_md)
+from pluralign.ppo import response_logprobs_and_values  # noqa: E402
+
+WORDS = [f"w{i}" for i in range(16)]
+TARGET = "w5"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are fastest on one thread (and OpenMP spin-waits badly on a busy 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return lm.build_word_tokenizer(WORDS)
+
+
+def tiny_gpt2(tok, seed=0, n_layer=1, n_embd=16, dtype=torch.float32):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=64, vocab_size=len(tok),
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return GPT2LMHeadModel(cfg).to(dtype).eval()  # conftest makes float64 the default dtype
+
+
+def tiny_llama(tok, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, vocab_size=len(tok),
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).float().eval()
+
+
+def queries(tok, n):
+    """Left-padded prompts of lengths 1, 2, 3 and 4 tokens."""
+    texts = ["<bos> w1 w2 w3", "<bos> w4", "<bos> w7 w8", "<bos>"]
+    q = tok([texts[i % len(texts)] for i in range(n)], return_tensors="pt", padding=True, add_special_tokens=False)
+    return q["input_ids"], q["attention_mask"]
+
+
+def sample(fn, policy, ref, tok, q, beta, T=10, seed=0, **kw):
+    return fn(policy, ref, *q, beta, T, tok.eos_token_id, tok.pad_token_id,
+              generator=torch.Generator().manual_seed(seed), return_logprobs=True, **kw)
+
+
+def full_logprobs(model, q, ids, temperature=1.0):
+    """log softmax(logits / T) (B, T, V) at the positions that predict each response token."""
+    Q = q[0].shape[1]
+    x = torch.cat([q[0], ids], 1)
+    am = torch.cat([q[1], torch.ones_like(ids)], 1)
+    with torch.no_grad():
+        logits = model(input_ids=x, attention_mask=am, position_ids=(am.cumsum(-1) - 1).clamp_min(0)).logits
+    return torch.log_softmax(logits[:, Q - 1:-1].float() / temperature, -1)
+
+
+# 1. the cached sampler is the cache-less computation ------------------------------------------
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_cache_matches_recompute(tok, arch, beta):
+    build = tiny_gpt2 if arch == "gpt2" else tiny_llama
+    policy, ref = build(tok, seed=0), build(tok, seed=1)
+    q = queries(tok, 8)
+    ids, mask, logp = sample(mixture_sample, policy, ref, tok, q, beta, T=10, temperature=0.8)
+    ids0, mask0, logp0 = sample(mixture_sample_nocache, policy, ref, tok, q, beta, T=10, temperature=0.8)
+    assert torch.equal(ids, ids0) and torch.equal(mask, mask0)
+    torch.testing.assert_close(logp, logp0, atol=1e-5, rtol=1e-5)
+    assert logp.shape == (*ids.shape, len(tok)) and ids.shape[1] <= 10
+    # positions count attended tokens only: three more columns of left padding change nothing
+    pad = lambda x, v: torch.cat([torch.full((x.shape[0], 3), v, dtype=x.dtype), x], 1)  # noqa: E731
+    ids2, _, logp2 = sample(mixture_sample, policy, ref, tok, (pad(q[0], tok.pad_token_id), pad(q[1], 0)), beta,
+                            T=10, temperature=0.8)
+    assert torch.equal(ids2, ids)
+    torch.testing.assert_close(logp2, logp, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_stop_at_eos_and_sampling_stops_when_all_have(tok):
+    policy, ref = tiny_gpt2(tok, 0), tiny_gpt2(tok, 1)
+    ids, mask, _ = sample(mixture_sample, policy, ref, tok, queries(tok, 24), 0.5, T=30)
+    eos = tok.eos_token_id
+    for row, m in zip(ids, mask):
+        n = int(m.sum())
+        assert bool(m[:n].all()) and not bool(m[n:].any())
+        if bool((row == eos).any()):
+            assert int((row == eos).nonzero()[0]) == n - 1 and bool((row[n:] == tok.pad_token_id).all())
+    assert ids.shape[1] < 30 or not bool(((ids == eos) & mask).any(1).all())
+
+
+def test_right_padding_is_rejected(tok):
+    q = tok(["<bos> w1 w2", "<bos>"], return_tensors="pt", padding=True, padding_side="right")
+    with pytest.raises(ValueError, match="left-padded"):
+        mixture_sample(tiny_gpt2(tok), tiny_gpt2(tok), q["input_ids"], q["attention_mask"], 0.5, 3, 2, 0)
+
+
+# 2. β = 0 is the policy, β = 1 the reference, between them the geometric mixture --------------
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_endpoints_are_the_policy_and_the_reference(tok, beta):
+    policy, ref = tiny_gpt2(tok, 0), tiny_gpt2(tok, 1)
+    q = queries(tok, 8)
+    ids, mask, logp = sample(mixture_sample, policy, ref, tok, q, beta, T=8, temperature=0.7)
+    target = full_logprobs(policy if beta == 0 else ref, q, ids, temperature=0.7)
+    other = full_logprobs(ref if beta == 0 else policy, q, ids, temperature=0.7)
+    m = mask.bool()
+    torch.testing.assert_close(logp[m], target[m], atol=1e-5, rtol=1e-5)  # every step, every token
+    assert float((logp[m] - other[m]).abs().max()) > 0.1
+
+
+def test_unused_model_is_not_run(tok):
+    class Boom(torch.nn.Module):
+        def forward(self, **kw):
+            raise AssertionError("this model should not be run")
+
+    model, q = tiny_gpt2(tok), queries(tok, 4)
+    a = sample(mixture_sample, model, Boom(), tok, q, 0.0, T=4)  # self-play: μ unused
+    b = sample(mixture_sample, Boom(), model, tok, q, 1.0, T=4)  # best response: π_θ unused
+    assert torch.equal(a[0], b[0])
+
+
+def test_mixture_is_the_normalised_geometric_mean(tok):
+    policy, ref = tiny_gpt2(tok, 0), tiny_gpt2(tok, 1)
+    beta, n = 0.3, 4000
+    q = tok(["<bos> w3"] * n, return_tensors="pt", add_special_tokens=False)
+    ids, _, logp = sample(mixture_sample, policy, ref, tok, (q["input_ids"], q["attention_mask"]), beta, T=1)
+    with torch.no_grad():
+        p = torch.softmax(policy(q["input_ids"][:1]).logits[0, -1].float(), -1)
+        r = torch.softmax(ref(q["input_ids"][:1]).logits[0, -1].float(), -1)
+    expected = p ** (1 - beta) * r ** beta
+    expected = expected / expected.sum()
+    torch.testing.assert_close(logp[0, 0].exp(), expected, atol=1e-6, rtol=1e-5)
+    empirical = torch.bincount(ids[:, 0], minlength=len(tok)).float() / n
+    assert 0.5 * float((empirical - expected).abs().sum()) < 0.04  # total variation; ~0.02 expected
+    torch.testing.assert_close(mixture_logprobs(torch.randn(3, 5), None, 0.0).exp().sum(-1), torch.ones(3))
+
+
+# 3. the policy-gradient estimate --------------------------------------------------------------
+def test_loss_gradient_is_the_score_function_estimator():
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.1, -0.2, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    P, tau = torch.tensor([0.9, 0.2]), 0.1
+    loss, st = nash_md_loss(lp, ref, mask, P, tau)
+    loss.backward()
+    # k = Σ (0.5, −1.0, 0) = −0.5 and Σ (−0.2, −0.5) = −0.7 (padding ignored);  A = P − ½ − τ k = 0.45, −0.23
+    A = torch.tensor([0.45, -0.23])
+    torch.testing.assert_close(lp.grad, -A[:, None] * mask / 2)
+    assert st["kl"] == pytest.approx((-0.5 - 0.7) / 2) and st["preference"] == pytest.approx(0.55)
+    assert st["loss"] == pytest.approx(-float((A * torch.tensor([-3.5, -1.0])).mean()))
+
+
+def test_loss_gradient_finite_differences(tok):
+    """On a float64 model: autograd of nash_md_loss = the finite-difference gradient of the surrogate
+    s(θ) = −mean_b A_b · log π_θ(y_b|x), A held at its value at θ (the estimator's definition)."""
+    model, ref = tiny_gpt2(tok, 0, dtype=torch.float64), tiny_gpt2(tok, 1, dtype=torch.float64)
+    q = queries(tok, 4)
+    ids, mask, _ = sample(mixture_sample, model, model, tok, q, 0.0, T=5)
+    x, am = torch.cat([q[0], ids], 1), torch.cat([q[1], mask.long()], 1)
+    Q, P, tau = q[0].shape[1], torch.tensor([0.9, 0.1, 0.6, 0.5], dtype=torch.float64), 0.3
+    with torch.no_grad():
+        ref_lp, _, _ = response_logprobs_and_values(ref, None, x, am, Q, 1.0)
+
+    def seq_logprob():
+        lp, _, _ = response_logprobs_and_values(model, None, x, am, Q, 1.0)
+        return lp, (lp * mask).sum(1)
+
+    lp, _ = seq_logprob()
+    loss, _ = nash_md_loss(lp, ref_lp, mask, P, tau)
+    loss.backward()
+    A = (P - 0.5 - tau * ((lp - ref_lp) * mask).sum(1)).detach()
+    params = dict(model.named_parameters())
+    eps = 1e-6
+    for name, index in [("transformer.h.0.attn.c_attn.weight", (3, 5)), ("transformer.wte.weight", (7, 2)),
+                        ("transformer.h.0.mlp.c_fc.bias", (11,)), ("transformer.ln_f.weight", (4,))]:
+        p = params[name]
+        with torch.no_grad():
+            p[index] += eps
+            up = -(A * seq_logprob()[1]).mean()
+            p[index] -= 2 * eps
+            down = -(A * seq_logprob()[1]).mean()
+            p[index] += eps
+        assert float(p.grad[index]) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-9), name
+
+
+# 4. training ----------------------------------------------------------------------------------
+def target_count(tok, texts):
+    return torch.tensor([float(t.split().count(TARGET)) for t in texts])
+
+
+def test_nash_md_raises_the_win_rate_against_the_base(tok):
+    """P(y ≻ y') = ½ + ½ sign(#w5(y) − #w5(y')): a few steps of self-play-leaning Nash-MD make the
+    policy beat the base policy."""
+    def preference(prompts, y, y_prime):
+        return 0.5 + 0.5 * torch.sign(target_count(tok, y) - target_count(tok, y_prime))
+
+    base = tiny_gpt2(tok, 0, n_layer=2, n_embd=32)
+    cfg = NashMDConfig(beta=0.125, tau=0.01, learning_rate=1e-2, batch_size=32, max_new_tokens=8, seed=0)
+    nash = NashMD(copy.deepcopy(base), tok, cfg)
+    q = queries(tok, cfg.batch_size)
+    history = []
+    for _ in range(15):
+        r = nash.rollout(*q)
+        y = nash.decode(r.response_ids, r.response_mask)
+        y_prime = nash.decode(r.opponent_ids, r.opponent_mask)
+        history.append(nash.step(r, preference(None, y, y_prime)))
+    assert history[-1]["kl"] > 0 and all(h["grad_norm"] > 0 for h in history)
+
+    def win_rate(model, seed):
+        a = lm.sample(model, tok, ["w1 w2 w3", "w4", "w7 w8", ""] * 32, max_new_tokens=8, seed=seed)
+        b = lm.sample(base, tok, ["w1 w2 w3", "w4", "w7 w8", ""] * 32, max_new_tokens=8, seed=seed + 1)
+        return float(preference(None, a, b).mean())
+
+    before, after = win_rate(base, 10), win_rate(nash.model, 10)
+    assert abs(before - 0.5) < 0.1 and after > 0.7, (before, after)
+
+
+def test_reference_is_a_frozen_copy_and_save(tok, tmp_path):
+    model = tiny_gpt2(tok)
+    nash = NashMD(model, tok, NashMDConfig(batch_size=8, max_new_tokens=5, learning_rate=1e-2))
+    before = [p.clone() for p in nash.ref_model.parameters()]
+    r = nash.rollout(*queries(tok, 8))
+    st = nash.step(r, torch.linspace(0, 1, 8))
+    assert set(st) >= {"preference", "kl", "loss", "grad_norm", "response_length", "opponent_length", "eos_frac"}
+    assert st["kl"] == pytest.approx(0.0, abs=1e-6) and st["preference"] == pytest.approx(0.5)
+    assert all(torch.equal(a, b) for a, b in zip(before, nash.ref_model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="preference"):
+        nash.step(r, torch.zeros(3))
+    with pytest.raises(ValueError, match="preference"):
+        nash.step(r, torch.full((8,), 2.0))
+    nash.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
+
+
+def test_missing_eos_penalty_lowers_the_weight_of_unfinished_responses(tok):
+    cfg = NashMDConfig(batch_size=8, max_new_tokens=3, missing_eos_penalty=1.0)
+    nash = NashMD(tiny_gpt2(tok), tok, cfg)
+    r = nash.rollout(*queries(tok, 8))
+    r.response_ids[r.response_ids == tok.eos_token_id] = 7  # nobody finishes
+    r.response_mask[:] = True
+    st = nash.step(r, torch.full((8,), 0.5))
+    # A = (P − 1) − ½ − τ k for every row; P itself is reported unpenalised
+    assert st["preference"] == 0.5 and st["eos_frac"] == 0
+    assert st["advantage"] == pytest.approx(-1.0 - cfg.tau * st["kl"], abs=1e-6)
+
+
+def test_train_nash_md(tok, tmp_path):
+    tiny_gpt2(tok).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    reward = lambda prompts, responses: target_count(tok, responses)  # noqa: E731
+    seen = []
+
+    def preference(prompts, y, y_prime):
+        seen.append((prompts, y, y_prime))
+        return preference_from_reward(reward)(prompts, y, y_prime)
+
+    cfg = NashMDConfig(batch_size=4, max_new_tokens=4, seed=1)
+    nash, history = train_nash_md(str(tmp_path / "base"), tok, preference, ["w1 w2", "w3", "w4 w5 w6"], steps=2,
+                                  config=cfg, progress=False, monitor=lambda texts: {"n": len(texts)})
+    assert [h["step"] for h in history] == [1, 2] and all(h["n"] == 4 for h in history)
+    assert {"preference", "kl", "loss"} <= set(history[0])
+    prompts, y, y_prime = seen[0]
+    assert len(prompts) == len(y) == len(y_prime) == 4 and all(t.startswith(" ") for t in y + y_prime)
+
+
+# 5. LoRA: μ is the adapter-disabled model ----------------------------------------------------
+def lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM", fan_in_fan_out=True)
+    return get_peft_model(model, cfg)
+
+
+def test_lora_mixture_uses_two_caches(tok):
+    base = tiny_gpt2(tok)
+    original = copy.deepcopy(base)
+    model = lora(base).eval()
+    with torch.no_grad():  # LoRA B starts at zero: move it so that policy ≠ reference
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    merged = copy.deepcopy(model).merge_and_unload()
+    q = queries(tok, 8)
+    ids, mask, logp = sample(mixture_sample, model, None, tok, q, 0.3, T=8)
+    ids0, mask0, logp0 = sample(mixture_sample_nocache, merged, original, tok, q, 0.3, T=8)
+    assert torch.equal(ids, ids0)
+    torch.testing.assert_close(logp, logp0, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="peft"):
+        mixture_sample(original, None, *q, 0.3, 2, tok.eos_token_id, tok.pad_token_id)
+
+
+def test_lora_step_leaves_the_reference_unchanged(tok, tmp_path):
+    base = tiny_gpt2(tok)
+    original = copy.deepcopy(base)
+    model = lora(base)
+    nash = NashMD(model, tok, NashMDConfig(batch_size=8, max_new_tokens=6, learning_rate=1e-2))
+    assert nash.ref_model is None
+    assert sum(p.numel() for p in nash.params) == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    r = nash.rollout(*queries(tok, 8))
+    nash.step(r, torch.linspace(0, 1, 8))
+    r2 = nash.rollout(*queries(tok, 8))
+    Q, m = r2.query_ids.shape[1], r2.response_mask
+    with torch.no_grad():
+        lp_orig, _, _ = response_logprobs_and_values(original, None, r2.input_ids, r2.attention_mask, Q, 1.0)
+        lp_policy, _, _ = response_logprobs_and_values(model, None, r2.input_ids, r2.attention_mask, Q, 1.0)
+    torch.testing.assert_close(r2.ref_logprobs[m], lp_orig[m], atol=1e-6, rtol=1e-6)
+    assert float((lp_policy - lp_orig)[m].abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="ref_model"):
+        NashMD(model, tok, NashMDConfig(), ref_model=original)
+    nash.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").exists() and not (tmp_path / "model.safetensors").exists()
+
+
+# 6. Nash-EMA ----------------------------------------------------------------------------------
+def test_ema_opponent_moves_toward_the_policy_at_rate_decay(tok):
+    d = 0.8
+    nash = NashMD(tiny_gpt2(tok), tok, NashMDConfig(batch_size=8, max_new_tokens=5, learning_rate=1e-2, ema_decay=d))
+    assert nash.opponent_policy is nash.ema_model
+    q = queries(tok, 8)
+    for _ in range(2):
+        ema_before = [p.clone() for p in nash.ema_model.parameters()]
+        nash.step(nash.rollout(*q), torch.linspace(0, 1, 8))
+        for bar, old, new in zip(nash.ema_model.parameters(), ema_before, nash.model.parameters()):
+            torch.testing.assert_close(bar, d * old + (1 - d) * new.detach())
+        assert not all(torch.equal(a, b) for a, b in zip(nash.ema_model.parameters(), nash.model.parameters()))
+    assert NashMD(tiny_gpt2(tok), tok, NashMDConfig()).opponent_policy is not None
+
+
+# 7. configuration -----------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value", [
+    ("beta", 1.5), ("beta", -0.1), ("tau", 0), ("tau", float("inf")), ("learning_rate", 0.0), ("batch_size", 0),
+    ("max_new_tokens", 2.0), ("temperature", -1.0), ("max_grad_norm", 0), ("ema_decay", 1.5),
+    ("missing_eos_penalty", "big"), ("seed", 0.5),
+])
+def test_bad_config_names_the_value(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be .*, got {re.escape(repr(value))}$"):
+        NashMDConfig(**{field: value})
+
+
+def test_bad_config_messages():
+    with pytest.raises(ValueError, match=r"^beta must be in \[0, 1\], got 1.5$"):
+        NashMDConfig(beta=1.5)
+    with pytest.raises(ValueError, match=r"^tau must be a finite number > 0, got 0$"):
+        NashMDConfig(tau=0)
+
+
+def test_ema_with_lora_keeps_the_base_as_reference(tok):
+    model = lora(tiny_gpt2(tok))
+    nash = NashMD(model, tok, NashMDConfig(batch_size=8, max_new_tokens=4, learning_rate=1e-2, ema_decay=0.5, beta=0.5))
+    r = nash.rollout(*queries(tok, 8))
+    nash.step(r, torch.linspace(0, 1, 8))
+    for (n, bar), p in zip(nash.ema_model.named_parameters(), model.parameters()):
+        if "lora_" not in n:
+            assert torch.equal(bar, p), n  # frozen base weights are shared in value, never averaged
+    assert r.opponent_ids.shape[0] == 8
