@@ -29,10 +29,13 @@ lab: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_tabular.py
 	$(BIN)/python benchmarks/bench_ppo.py
+	$(BIN)/python benchmarks/bench_nash_md.py
 
 readme-figures:
 	cp results/figures/01_gap_vs_diversity.png results/figures/02_em_run.png results/figures/02_em_sweeps.png \
-	   results/figures/03_nash_md_convergence.png results/figures/03_three_annotators.png results/figures/09_win_rates.png docs/figures/
+	   results/figures/03_nash_md_convergence.png results/figures/03_three_annotators.png results/figures/09_win_rates.png \
+	   results/figures/09_ratio_sweep.png results/figures/10_condorcet_groups.png results/figures/12_win_matrix.png \
+	   results/figures/14_tulu2_align.png docs/figures/
 
 clean-venv:
 	rm -rf $(VENV)

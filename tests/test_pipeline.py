@@ -21,7 +21,7 @@ def sh(cmd, cwd):
 def test_dvc_repro_end_to_end_then_noop(root, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for item in ("lib", "notebooks", "dvc.yaml", ".dvcignore"):
+    for item in ("lib", "notebooks", "scripts", "configs", "dvc.yaml", ".dvcignore"):
         src = root / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / item, **({"ignore": shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")} if src.is_dir() else {}))
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY))
@@ -29,7 +29,8 @@ def test_dvc_repro_end_to_end_then_noop(root, tmp_path):
         assert sh(cmd, repo).returncode == 0
     first = sh("dvc repro", repo)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    for name in ("01_impossibility", "02_em_clusters", "03_nash_md"):
+    for name in ("01_impossibility", "02_em_clusters", "03_nash_md", "09_evaluate", "10_condorcet", "12_compare",
+                 "14_tulu2_align"):
         assert (repo / "results" / "metrics" / f"{name}.json").exists()
         assert (repo / "results" / "notebooks" / f"{name}.ipynb").exists()
     second = sh("dvc repro", repo)

@@ -14,6 +14,14 @@ Modules (each a paper's box written as functions):
   preferences    simulated users labelling pairs; TRL-format preference data
   reward_models  neural BT reward models (TRL RewardTrainer) and their EM mixture
   ppo            compact PPO for causal LMs (value head, GAE, clipped loss, KL to reference, LoRA-aware)
+  maxmin_ppo     MaxMin-PPO: K group rewards standardised, the worst-off group drives each update
+  trl_rewards    the MaxMin reward as a reward function for TRL's GRPOTrainer / RLOOTrainer
+  pairwise       pairwise preference model P(y ≻ y'|x) (antisymmetric) and the BT-derived one
+  nash_md_lm     Nash-MD-PG for causal LMs: geometric-mixture opponent with a KV cache, loss, trainer (LoRA/EMA)
+  compare        win-rate matrices between policies, per group and pooled; which policy a group picks
+  soups          RLPHF "personalized soups" data, alpaca/Koala prompts, and their generated stand-in
+  lora           LoRA reward models (K adapters on one base, EM-ready) and LoRA policies; tiny Llama
+  judge          pairwise judges (local model, OpenAI-compatible endpoint, stand-in rules), position-swapped
   report         metrics JSON, figures and wall-time helpers for the notebooks
 """
 __version__ = "0.1.0"

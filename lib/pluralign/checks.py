@@ -137,6 +137,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
     "align": {
         "ratios": list_of(number(0.0, lo_open=True)),
         "seeds": list_of(integer(0)),
+        "sweep_seeds": list_of(integer(0)),
         "methods": list_of(one_of(*ALIGN_METHODS)),
         "headline_ratio": number(0.0, lo_open=True),
         "headline_methods": list_of(one_of(*ALIGN_METHODS), min_len=0),
