@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from . import lm
-from .ppo import _is_peft, response_logprobs_and_values, truncate_after_eos
+from .ppo import Rollout, _is_peft, response_logprobs_and_values, truncate_after_eos
 
 __all__ = [
     "NashMDConfig",
@@ -263,16 +263,10 @@ class NashMDRollout:
     opponent_mask: torch.Tensor
     ref_logprobs: torch.Tensor
 
-    @property
-    def input_ids(self) -> torch.Tensor:
-        return torch.cat([self.query_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)
-
-    def __len__(self) -> int:
-        return self.query_ids.shape[0]
+    # query + y and its mask, and the batch size: exactly as for a PPO rollout
+    input_ids = Rollout.input_ids
+    attention_mask = Rollout.attention_mask
+    __len__ = Rollout.__len__
 
 
 class NashMD:
