@@ -58,3 +58,29 @@ def test_bad_fit_inputs():
         bt.fit_bt_linear(torch.zeros(3, 2), torch.ones(1, 3), l2=-1)
     with pytest.raises(ValueError, match="K must be"):
         bt.LinearRewardMixture(0, 2)
+
+
+def test_mixture_feature_cache_never_mixes_up_fresh_datasets():
+    """Regression: the pair-feature cache was keyed on id(data); CPython reuses the ids of freed
+    objects, so a fresh dataset could be scored with the previous one's features."""
+    model = bt.LinearRewardMixture(1, 3)
+    model.theta = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    for i in range(50):
+        g = torch.Generator().manual_seed(i)
+        n = 20  # same shape every time, so a stale cache would not fail on shapes
+        data = bt.Comparisons(torch.randint(0, 5, (n,), generator=g), torch.randint(0, 5, (n,), generator=g),
+                              torch.zeros(n, dtype=torch.long), torch.randn(5, 3, generator=g), 1)
+        expected = torch.nn.functional.logsigmoid(model.theta @ data.pair_features().to(torch.float64).T)
+        assert torch.equal(model.pair_log_likelihood(data), expected), f"dataset {i} got stale features"
+        del data  # frees the object, so the next one may get its id
+
+
+def test_mixture_feature_cache_sees_in_place_edits():
+    model = bt.LinearRewardMixture(1, 2)
+    model.theta = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    data = bt.Comparisons(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0, 0]), torch.eye(2), 1)
+    before = model.pair_log_likelihood(data).clone()
+    data.features.mul_(3.0)
+    after = model.pair_log_likelihood(data)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, torch.nn.functional.logsigmoid(model.theta @ data.pair_features().double().T))

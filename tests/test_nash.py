@@ -18,7 +18,7 @@ def test_dice_equilibrium_is_uniform_and_bt_is_flat():
     assert tabular.fit_bt_from_preferences(P).abs().max() < 1e-9
 
 
-@pytest.mark.parametrize("eps", [-0.3, -0.1, 0.0, 0.05, 0.2, 1 / 3])
+@pytest.mark.parametrize("eps", [-0.6, -0.5, -0.3, -0.1, 0.0, 0.05, 0.2, 0.3])
 def test_three_annotators_nash_matches_closed_form(eps):
     P = games.three_annotators(eps)
     assert torch.allclose(P[1, 0], torch.tensor(2 / 3 - eps / 2))
@@ -120,5 +120,14 @@ def test_bad_inputs_are_named():
         nash.check_preference(torch.ones(3, 3))
     with pytest.raises(ValueError, match="eta\\*tau"):
         nash.run_dynamics("omd", P, mu, 1.0, 5, schedule=2.0)
-    with pytest.raises(ValueError, match="eps must lie"):
-        games.three_annotators(-0.5)
+    for bad in (0.5, 0.34, -0.7):  # a share 1/3 - eps or 1/3 + eps/2 would be negative
+        with pytest.raises(ValueError, match="eps must lie"):
+            games.three_annotators(bad)
+
+
+@pytest.mark.parametrize("eps", [-2 / 3, -0.5, 0.0, 1 / 3])
+def test_three_annotators_accepts_every_eps_with_non_negative_shares(eps):
+    P = games.three_annotators(eps)
+    shares = torch.tensor([1 / 3 - eps, 1 / 3 + eps / 2, 1 / 3 + eps / 2])
+    assert (shares >= -1e-12).all() and abs(float(shares.sum()) - 1) < 1e-12
+    assert torch.allclose(P + P.T, torch.ones(3, 3, dtype=P.dtype))

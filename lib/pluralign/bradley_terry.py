@@ -156,11 +156,23 @@ class LinearRewardMixture:
             raise ValueError(f"K must be >= 1, got {K}")
         self.K, self.l2, self.max_iter = K, l2, max_iter
         self.theta = torch.zeros(K, d, dtype=torch.float64)
-        self._X_cache: tuple[int, torch.Tensor] | None = None
+        self._X_cache: tuple[tuple, torch.Tensor] | None = None
+
+    @staticmethod
+    def _cache_key(data: Comparisons) -> tuple:
+        # The key holds the objects themselves (compared with ``is``), never ``id()``: a freed
+        # object's id is reused by CPython, so an id key hands a new dataset the old features.
+        # Tensor version counters catch in-place edits of a kept dataset.
+        tensors = (data.chosen, data.rejected, data.features)
+        return (data, *tensors, tuple(t._version for t in tensors))
 
     def _X(self, data: Comparisons) -> torch.Tensor:
-        if self._X_cache is None or self._X_cache[0] != id(data):
-            self._X_cache = (id(data), data.pair_features().to(torch.float64))
+        """(N, d) float64 pair features of ``data``, computed once per dataset (EM asks each step)."""
+        key = self._cache_key(data)
+        cached = self._X_cache
+        if cached is None or len(cached[0]) != len(key) or not all(
+            a is b for a, b in zip(cached[0][:-1], key[:-1])) or cached[0][-1] != key[-1]:
+            self._X_cache = (key, data.pair_features().to(torch.float64))
         return self._X_cache[1]
 
     def rewards(self, features: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ lib never reads params.yaml itself; the stage runner passes the section here as 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable
 
 __all__ = ["ParamError", "validate", "SCHEMAS"]
@@ -77,6 +78,7 @@ def shares(x):
         return f"must sum to 1 (sums to {sum(x):.6g})"
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds stop here; torch's go further
 share = number(0.0, 0.5, lo_open=True)  # a minority's share: in (0, 0.5]
 
 def optional_text(x):
@@ -98,71 +100,71 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "temperature": positive,
     },
     "corpus": {
-        "seed": integer(0),
-        "n_reviews": integer(10),
-        "n_val_reviews": integer(1),
-        "n_prompts_train": integer(1),
-        "n_prompts_test": integer(1),
+        "seed": integer(0, SEED_MAX),
+        "n_reviews": integer(10, 1_000_000),
+        "n_val_reviews": integer(1, 100_000),
+        "n_prompts_train": integer(1, 1_000_000),
+        "n_prompts_test": integer(1, 100_000),
     },
     "pretrain": {
-        "seed": integer(0),
-        "n_layer": integer(1),
-        "n_embd": integer(8),
-        "n_head": integer(1),
-        "block_size": integer(8),
-        "batch_size": integer(1),
-        "steps": integer(1),
+        "seed": integer(0, SEED_MAX),
+        "n_layer": integer(1, 96),
+        "n_embd": integer(8, 16_384),
+        "n_head": integer(1, 256),
+        "block_size": integer(8, 32_768),
+        "batch_size": integer(1, 4096),
+        "steps": integer(1, 10_000_000),
         "lr": positive,
-        "n_samples": integer(1),
+        "n_samples": integer(1, 1_000_000),
     },
     "label": {
-        "seed": integer(0),
+        "seed": integer(0, SEED_MAX),
         "ratios": list_of(number(0.0, lo_open=True)),
-        "n_train_users": integer(2),
-        "n_test_users": integer(2),
+        "n_train_users": integer(2, 100_000),
+        "n_test_users": integer(2, 100_000),
         "test_fraction": number(0.0, 1.0, lo_open=True),
         "bt_temperature": positive,
     },
     "reward": {
-        "seed": integer(0),
+        "seed": integer(0, SEED_MAX),
         "ratios": list_of(number(0.0, lo_open=True)),
-        "K": integer(1),
+        "K": integer(1, 64),
         "epochs": positive,
         "lr": positive,
-        "batch_size": integer(1),
-        "em_iterations": integer(1),
-        "em_restarts": integer(1),
+        "batch_size": integer(1, 4096),
+        "em_iterations": integer(1, 1000),
+        "em_restarts": integer(1, 100),
         "oracle_ratios": list_of(number(0.0, lo_open=True), min_len=0),
     },
     "align": {
         "ratios": list_of(number(0.0, lo_open=True)),
-        "seeds": list_of(integer(0)),
-        "sweep_seeds": list_of(integer(0)),
+        "seeds": list_of(integer(0, SEED_MAX)),
+        "sweep_seeds": list_of(integer(0, SEED_MAX)),
         "methods": list_of(one_of(*ALIGN_METHODS)),
         "headline_ratio": number(0.0, lo_open=True),
         "headline_methods": list_of(one_of(*ALIGN_METHODS), min_len=0),
-        "steps": integer(1),
-        "batch_size": integer(1),
-        "mini_batch_size": integer(1),
-        "ppo_epochs": integer(1),
+        "steps": integer(1, 1_000_000),
+        "batch_size": integer(1, 4096),
+        "mini_batch_size": integer(1, 4096),
+        "ppo_epochs": integer(1, 100),
         "lr": positive,
         "kl_coef": number(0.0),
-        "n_standardise": integer(2),
+        "n_standardise": integer(2, 1_000_000),
     },
     "evaluate": {
-        "n_prompts": integer(1),
-        "seed": integer(0),
+        "n_prompts": integer(1, 1_000_000),
+        "seed": integer(0, SEED_MAX),
     },
     "preference": {
-        "seed": integer(0),
+        "seed": integer(0, SEED_MAX),
         "ratio": number(0.0, lo_open=True),
         "epochs": positive,
         "lr": positive,
-        "batch_size": integer(1),
+        "batch_size": integer(1, 4096),
     },
     "impossibility": {
-        "seed": integer(0),
-        "n_items": integer(3),
+        "seed": integer(0, SEED_MAX),
+        "n_items": integer(3, 100_000),
         "beta": positive,
         "reward_scale": positive,
         "minority_shares": list_of(share),
@@ -170,44 +172,44 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "headline_share": share,
         "headline_angle_deg": number(0.0, 180.0),
         "three_group_shares": shares,
-        "maxmin_steps": integer(1),
+        "maxmin_steps": integer(1, 10_000_000),
     },
     "em_clusters": {
-        "seed": integer(0),
-        "n_items": integer(2),
-        "d": integer(1),
-        "K": integer(1),
+        "seed": integer(0, SEED_MAX),
+        "n_items": integer(2, 1_000_000),
+        "d": integer(1, 10_000),
+        "K": integer(1, 64),
         "shares": shares,
-        "n_users": integer(2),
-        "per_user": integer(1),
+        "n_users": integer(2, 1_000_000),
+        "per_user": integer(1, 1_000_000),
         "separation": number(0.0, 1.0),
         "reward_scale": positive,
         "l2": number(0.0),
-        "n_init": integer(1),
+        "n_init": integer(1, 1000),
         "init": one_of("mixed", "round_robin", "random"),
-        "max_iter": integer(1),
+        "max_iter": integer(1, 100_000),
         "soft": boolean,
-        "sweep_per_user": list_of(integer(1)),
+        "sweep_per_user": list_of(integer(1, 1_000_000)),
         "sweep_separation": list_of(number(0.0, 1.0)),
-        "sweep_K": list_of(integer(1)),
-        "n_reps": integer(1),
+        "sweep_K": list_of(integer(1, 64)),
+        "n_reps": integer(1, 1000),
     },
     "nash_md": {
-        "seed": integer(0),
-        "n_actions": integer(2),
+        "seed": integer(0, SEED_MAX),
+        "n_actions": integer(2, 100_000),
         "tau": positive,
-        "T": integer(1),
+        "T": integer(1, 10_000_000),
         "constant_eta": positive,
-        "n_random": integer(1),
-        "eps_grid": list_of(number(-2 / 3, 2 / 3)),
+        "n_random": integer(1, 1000),
+        "eps_grid": list_of(number(-2 / 3, 1 / 3)),  # games.three_annotators: every share >= 0
     },
     "compare": {
         "betas": list_of(number(0.0, 1.0)),
         "bt_betas": list_of(number(0.0, 1.0), min_len=0),
         "tau": positive,
         "nash_lr": positive,
-        "nash_seeds": list_of(integer(0)),
-        "n_prompts": integer(1),
+        "nash_seeds": list_of(integer(0, SEED_MAX)),
+        "n_prompts": integer(1, 1_000_000),
         "eval_seed": integer(0),
     },
     "tulu2": {
@@ -219,7 +221,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "eval_prompts": optional_text,
         "majority": one_of(*SOUPS_DIMENSIONS),
         "minority": one_of(*SOUPS_DIMENSIONS),
-        "max_new_tokens": integer(1),
+        "max_new_tokens": integer(1, 8192),
         "temperature": positive,
         "dtype": one_of("float32", "bfloat16"),
         "load_in_bits": one_of(None, 4, 8),
@@ -228,49 +230,49 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "judge_model": optional_text,
     },
     "tulu_reward": {
-        "seed": integer(0),
+        "seed": integer(0, SEED_MAX),
         "ratio": number(0.0, lo_open=True),
-        "n_users": integer(2),
+        "n_users": integer(2, 100_000),
         "test_fraction": number(0.0, 1.0, lo_open=True),
-        "K": integer(1),
-        "lora_r": integer(1),
+        "K": integer(1, 64),
+        "lora_r": integer(1, 1024),
         "lora_alpha": positive,
         "lora_dropout": number(0.0, 1.0),
         "epochs": positive,
         "lr": positive,
-        "batch_size": integer(1),
-        "max_length": integer(8),
-        "em_iterations": integer(1),
-        "standin_per_dim": integer(2),
-        "standin_prompts": integer(1),
-        "base_hidden": integer(8),
-        "base_layers": integer(1),
-        "pretrain_steps": integer(1),
-        "min_steps": integer(0),
+        "batch_size": integer(1, 4096),
+        "max_length": integer(8, 131_072),
+        "em_iterations": integer(1, 1000),
+        "standin_per_dim": integer(2, 1_000_000),
+        "standin_prompts": integer(1, 1_000_000),
+        "base_hidden": integer(8, 16_384),
+        "base_layers": integer(1, 256),
+        "pretrain_steps": integer(1, 10_000_000),
+        "min_steps": integer(0, 10_000_000),
     },
     "tulu_align": {
-        "seed": integer(0),
+        "seed": integer(0, SEED_MAX),
         "methods": list_of(one_of("single", "maxmin", "maxmin_oracle")),
-        "steps": integer(1),
-        "batch_size": integer(1),           # per process
-        "mini_batch_size": integer(1),
-        "ppo_epochs": integer(1),
+        "steps": integer(1, 1_000_000),
+        "batch_size": integer(1, 4096),           # per process
+        "mini_batch_size": integer(1, 4096),
+        "ppo_epochs": integer(1, 100),
         "lr": positive,
         "kl_coef": number(0.0),
-        "n_standardise": integer(2),        # base-policy samples per process for the reward z-scores
-        "n_prompts": integer(0),            # 0 = every prompt in the file
-        "lora_r": integer(1),
+        "n_standardise": integer(2, 1_000_000),        # base-policy samples per process for the reward z-scores
+        "n_prompts": integer(0, 10_000_000),            # 0 = every prompt in the file
+        "lora_r": integer(1, 1024),
         "lora_alpha": positive,
         "lora_dropout": number(0.0, 1.0),
         "gradient_checkpointing": boolean,
-        "n_boot": integer(100),
+        "n_boot": integer(100, 1_000_000),
     },
     "condorcet": {
-        "seed": integer(0),
+        "seed": integer(0, SEED_MAX),
         "scale": positive,
         "beta": positive,
         "first_shares": list_of(number(0.0, 1.0, lo_open=True)),
-        "T": integer(1),
+        "T": integer(1, 10_000_000),
         "dynamics_tau": positive,
         "dynamics_eta": positive,
     },
@@ -309,6 +311,36 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
     return None
 
 
+def memory_limit_bytes() -> int:
+    """What one stage may plan to hold in memory: 3/4 of this machine's RAM (16 GiB where unknown)."""
+    try:
+        return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
+def estimated_bytes(stage: str, p: dict) -> tuple[str, float] | None:
+    """(the key that drives it, bytes) for the stage's largest in-memory structure, where a size
+    param can make it grow without bound; None for stages with no such structure.  The estimates
+    are lower bounds (the tensors the kernels must hold), so a rejection is never a false alarm."""
+    if stage == "em_clusters":
+        # train + held-out users, each with per_user comparisons: 3 int64 ids, the float64 pair
+        # features, and K log-likelihoods / weights per pair in EM's E- and M-steps
+        per_user = max([p["per_user"], *p["sweep_per_user"]])
+        K = max([p["K"], *p["sweep_K"]])
+        pairs = 2 * p["n_users"] * per_user
+        return "n_users", pairs * (24 + 8 * p["d"] + 16 * K)
+    if stage == "nash_md":
+        # every dynamic keeps its trajectory and average iterate: (T + 1, n_actions) float64 each,
+        # for 4 methods x 2 step schedules
+        return "T", 8 * 2 * 4 * 2 * (p["T"] + 1) * p["n_actions"]
+    if stage == "condorcet":
+        return "T", 8 * 2 * 2 * (p["T"] + 1) * 3 * len(p["first_shares"])
+    if stage == "impossibility":
+        return "n_items", 8 * 3 * p["n_items"] ** 2  # the (n_items, n_items) preference matrices
+    return None
+
+
 def validate(stage: str, params: dict) -> dict:
     """Check ``params`` (the stage's section) against its schema; raise ParamError on the first
     problem, naming ``stage.key`` and the value.  Returns the section unchanged."""
@@ -330,4 +362,9 @@ def validate(stage: str, params: dict) -> dict:
     if cross:
         key, value, why = cross
         raise ParamError(f"{stage}.{key} = {value!r}: {why}")
+    need = estimated_bytes(stage, params)
+    if need and need[1] > memory_limit_bytes():
+        key, bytes_ = need
+        raise ParamError(f"{stage}.{key} = {params[key]!r}: the stage would need at least {bytes_ / 2**30:.1f} GiB "
+                         f"of memory (this machine allows {memory_limit_bytes() / 2**30:.1f} GiB)")
     return params

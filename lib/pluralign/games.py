@@ -26,9 +26,10 @@ def dice_preference(faces=dice) -> torch.Tensor:
 def three_annotators(eps: float) -> torch.Tensor:
     """Three annotator types (shares 1/3 − ε, 1/3 + ε/2, 1/3 + ε/2) who are sure of one pair each
     (y2 ≻ y1, y1 ≻ y3, y3 ≻ y2) and indifferent about the others.  Pooled:
-    P(y2 ≻ y1) = 2/3 − ε/2, P(y1 ≻ y3) = P(y3 ≻ y2) = 2/3 + ε/4.  Valid for |ε| ≤ 1/3."""
-    if not -1 / 3 <= eps <= 2 / 3:
-        raise ValueError(f"eps must lie in [-1/3, 2/3] so that every share is >= 0, got {eps}")
+    P(y2 ≻ y1) = 2/3 − ε/2, P(y1 ≻ y3) = P(y3 ≻ y2) = 2/3 + ε/4.  Valid for ε ∈ [−2/3, 1/3]:
+    share 1 needs ε ≤ 1/3, shares 2 and 3 need ε ≥ −2/3."""
+    if not -2 / 3 <= eps <= 1 / 3:
+        raise ValueError(f"eps must lie in [-2/3, 1/3] so that every share 1/3 - eps, 1/3 + eps/2 is >= 0, got {eps}")
     s1, s2, s3 = 1 / 3 - eps, 1 / 3 + eps / 2, 1 / 3 + eps / 2
     # each type: P = ½ off its sure pair; on it, 1 for the preferred response
     P = torch.full((3, 3), 0.5, dtype=torch.float64)

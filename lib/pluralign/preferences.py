@@ -87,16 +87,16 @@ def label_pairs(prompts, responses_a, responses_b, scores_a: torch.Tensor, score
     G, N = scores_a.shape
     if not (len(prompts) == len(responses_a) == len(responses_b) == N):
         raise ValueError(f"{len(prompts)} prompts, {len(responses_a)}/{len(responses_b)} responses and {N} scores differ")
+    keep = torch.tensor([a != b for a, b in zip(responses_a, responses_b)], dtype=torch.bool)
+    rows = keep.nonzero().flatten()
+    if rows.numel() < n_users:  # checked before anything of size n_users is allocated
+        raise ValueError(f"only {rows.numel()} distinct pairs for n_users={n_users}: every user needs a comparison")
     g = torch.Generator().manual_seed(seed)
     sizes = group_sizes(n_users, shares)
     if sizes.numel() != G:
         raise ValueError(f"{sizes.numel()} group shares for {G} groups of scores")
     group = torch.repeat_interleave(torch.arange(G), sizes)[torch.randperm(n_users, generator=g)]
-    keep = torch.tensor([a != b for a, b in zip(responses_a, responses_b)])
-    rows = keep.nonzero().flatten()
     rows = rows[torch.randperm(rows.numel(), generator=g)]
-    if rows.numel() < n_users:
-        raise ValueError(f"only {rows.numel()} distinct pairs for {n_users} users: every user needs a comparison")
     user = torch.arange(rows.numel()) % n_users
     gu = group[user]
     p_a = torch.sigmoid((scores_a[gu, rows] - scores_b[gu, rows]) / temperature)
