@@ -328,10 +328,18 @@ def test_lora_step_leaves_the_reference_unchanged(tok, tmp_path):
 
 
 # 6. Nash-EMA ----------------------------------------------------------------------------------
+def trained(tok, **kw):
+    """A NashMD after one step on a tiny GPT-2 (so that θ̄, θ and μ all differ)."""
+    cfg = dict(batch_size=8, max_new_tokens=5, learning_rate=1e-2)
+    nash = NashMD(tiny_gpt2(tok), tok, NashMDConfig(**{**cfg, **kw}))
+    nash.step(nash.rollout(*queries(tok, 8)), torch.linspace(0, 1, 8))
+    return nash
+
+
 def test_ema_opponent_moves_toward_the_policy_at_rate_decay(tok):
     d = 0.8
-    nash = NashMD(tiny_gpt2(tok), tok, NashMDConfig(batch_size=8, max_new_tokens=5, learning_rate=1e-2, ema_decay=d))
-    assert nash.opponent_policy is nash.ema_model
+    nash = NashMD(tiny_gpt2(tok), tok, NashMDConfig(batch_size=8, max_new_tokens=5, learning_rate=1e-2, ema_decay=d,
+                                                    opponent="ema"))
     q = queries(tok, 8)
     for _ in range(2):
         ema_before = [p.clone() for p in nash.ema_model.parameters()]
@@ -339,13 +347,68 @@ def test_ema_opponent_moves_toward_the_policy_at_rate_decay(tok):
         for bar, old, new in zip(nash.ema_model.parameters(), ema_before, nash.model.parameters()):
             torch.testing.assert_close(bar, d * old + (1 - d) * new.detach())
         assert not all(torch.equal(a, b) for a, b in zip(nash.ema_model.parameters(), nash.model.parameters()))
-    assert NashMD(tiny_gpt2(tok), tok, NashMDConfig()).opponent_policy is not None
+    assert NashMD(tiny_gpt2(tok), tok, NashMDConfig()).ema_model is None
+
+
+def test_nash_ema_pg_samples_the_opponent_from_the_ema_policy_alone(tok):
+    """opponent="ema" (Nash-EMA-PG, the paper's): y' ~ π_θ̄, every step's log-probs are the EMA model's own
+    whatever β is; they differ from the θ̄–μ mixture, and rollout() draws y' exactly so."""
+    nash = trained(tok, opponent="ema", ema_decay=0.5, beta=0.5)
+    q = queries(tok, 8)
+    state = nash.generator.get_state()
+    r = nash.rollout(*q)
+    nash.generator.set_state(state)
+    ids, mask, logp = nash.sample_opponent(*q, return_logprobs=True)
+    assert torch.equal(ids, r.opponent_ids) and torch.equal(mask, r.opponent_mask)
+    m = mask.bool()
+    ema, ref = full_logprobs(nash.ema_model, q, ids), full_logprobs(nash.ref_model, q, ids)
+    torch.testing.assert_close(logp[m], ema[m], atol=1e-5, rtol=1e-5)
+    assert float((logp[m] - mixture_logprobs(ema, ref, 0.5)[m]).abs().max()) > 0.05
+    policy = full_logprobs(nash.model, q, ids)
+    assert float((logp[m] - policy[m]).abs().max()) > 0.05  # θ̄ ≠ θ after a step
+
+
+def test_ema_mixture_is_the_geometric_mixture_of_the_ema_and_the_reference(tok):
+    """opponent="ema_mixture" (ours, not the paper's): log π' = (1−β) log π_θ̄ + β log μ + c — what ema_decay
+    alone used to give; same draws as mixture_sample(θ̄, μ) with the same generator."""
+    beta = 0.3
+    nash = trained(tok, opponent="ema_mixture", ema_decay=0.5, beta=beta)
+    q = queries(tok, 8)
+    ids, mask, logp = nash.sample_opponent(*q, generator=torch.Generator().manual_seed(3), return_logprobs=True)
+    ids0, mask0, logp0 = sample(mixture_sample, nash.ema_model, nash.ref_model, tok, q, beta, T=5, seed=3)
+    assert torch.equal(ids, ids0) and torch.equal(mask, mask0)
+    torch.testing.assert_close(logp, logp0)
+    m = mask.bool()
+    expected = mixture_logprobs(full_logprobs(nash.ema_model, q, ids), full_logprobs(nash.ref_model, q, ids), beta)
+    torch.testing.assert_close(logp[m], expected[m], atol=1e-5, rtol=1e-5)
+
+
+def test_default_opponent_is_the_nash_md_mixture_of_the_policy_and_the_reference(tok):
+    """opponent="mixture" (the default, Nash-MD-PG): unchanged, no EMA kept."""
+    nash = trained(tok, beta=0.3)
+    assert nash.config.opponent == "mixture" and nash.config.ema_decay is None and nash.ema_model is None
+    q = queries(tok, 8)
+    ids, mask, logp = nash.sample_opponent(*q, generator=torch.Generator().manual_seed(3), return_logprobs=True)
+    ids0, _, logp0 = sample(mixture_sample, nash.model, nash.ref_model, tok, q, 0.3, T=5, seed=3)
+    assert torch.equal(ids, ids0)
+    torch.testing.assert_close(logp, logp0)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(ema_decay=0.9), r"^ema_decay is only used by the EMA opponents"),
+    (dict(opponent="ema"), r"^opponent 'ema' needs ema_decay"),
+    (dict(opponent="ema_mixture"), r"^opponent 'ema_mixture' needs ema_decay"),
+    (dict(opponent="nash-ema", ema_decay=0.9), r"^opponent must be one of"),
+])
+def test_opponent_and_ema_decay_go_together(kw, message):
+    with pytest.raises(ValueError, match=message):
+        NashMDConfig(**kw)
 
 
 # 7. configuration -----------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [
     ("beta", 1.5), ("beta", -0.1), ("tau", 0), ("tau", float("inf")), ("learning_rate", 0.0), ("batch_size", 0),
-    ("max_new_tokens", 2.0), ("temperature", -1.0), ("max_grad_norm", 0), ("ema_decay", 1.5),
+    ("max_new_tokens", 2.0), ("temperature", -1.0), ("max_grad_norm", 0), ("ema_decay", 1.5), ("opponent", "ema2"),
     ("missing_eos_penalty", "big"), ("seed", 0.5),
 ])
 def test_bad_config_names_the_value(field, value):
@@ -360,12 +423,121 @@ def test_bad_config_messages():
         NashMDConfig(tau=0)
 
 
-def test_ema_with_lora_keeps_the_base_as_reference(tok):
-    model = lora(tiny_gpt2(tok))
-    nash = NashMD(model, tok, NashMDConfig(batch_size=8, max_new_tokens=4, learning_rate=1e-2, ema_decay=0.5, beta=0.5))
-    r = nash.rollout(*queries(tok, 8))
-    nash.step(r, torch.linspace(0, 1, 8))
-    for (n, bar), p in zip(nash.ema_model.named_parameters(), model.parameters()):
-        if "lora_" not in n:
-            assert torch.equal(bar, p), n  # frozen base weights are shared in value, never averaged
-    assert r.opponent_ids.shape[0] == 8
+# 8. Nash-EMA with LoRA: θ̄ is a second adapter on the same base ----------------------------------
+def lora_policy(tok):
+    """A LoRA policy with B ≠ 0 (so that the policy is not the reference from the start)."""
+    model = lora(tiny_gpt2(tok)).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    return model
+
+
+def adapter_state(model, name):
+    """{key: tensor} of one adapter's weights by peft's own API (keys without the adapter name)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+
+
+@pytest.mark.parametrize("opponent", ["ema", "ema_mixture"])
+def test_lora_ema_is_a_second_adapter_on_the_same_base(tok, opponent):
+    """The EMA of a PeftModel is an adapter beside the policy's: no base weight is copied."""
+    model = lora_policy(tok)
+    base = {n: p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n}
+    n_tensors, n_lora = len(list(model.parameters())), sum(1 for n, _ in model.named_parameters() if "lora_" in n)
+    nash = NashMD(model, tok, NashMDConfig(batch_size=8, max_new_tokens=4, ema_decay=0.5, opponent=opponent))
+    # every base tensor the trainer holds, over the policy and any EMA copy: one of each, not two
+    held = [m for m in (model, nash.ema_model, nash.ref_model) if m is not None]
+    base_ptrs = [p.data_ptr() for m in held for n, p in m.named_parameters() if "lora_" not in n]
+    assert len(set(base_ptrs)) == len(base), (len(set(base_ptrs)), len(base))
+    assert nash.ema_model is None and nash.ema_adapter in model.peft_config
+    # base tensors are the same objects; only the adapter's tensors were added
+    assert {n: p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n} == base
+    assert len(list(model.parameters())) == n_tensors + n_lora
+    # the EMA starts as the policy's adapter, frozen; the policy adapter stays active and trainable
+    assert model.active_adapter == "default"
+    ema, policy = adapter_state(model, nash.ema_adapter), adapter_state(model, "default")
+    assert ema.keys() == policy.keys() and all(torch.equal(ema[k], policy[k]) for k in ema)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if "lora_" in n and ".default." in n}
+    assert {id(p) for p in nash.params} == {id(p) for n, p in model.named_parameters() if n in trainable}
+
+
+@pytest.mark.parametrize("opponent", ["ema", "ema_mixture"])
+def test_lora_ema_adapter_is_the_ema_of_the_policy_adapter(tok, opponent):
+    """After k steps the EMA adapter is θ̄_k = d θ̄_{k−1} + (1−d) θ_k, θ̄_0 = θ_0, computed here by hand;
+    the policy keeps learning (its adapter active and trainable), the base never moves, μ is the base."""
+    d, k = 0.6, 3
+    mu, model = tiny_gpt2(tok), lora_policy(tok)  # the same base weights (same seed)
+    nash = NashMD(model, tok, NashMDConfig(batch_size=8, max_new_tokens=5, learning_rate=1e-2, ema_decay=d,
+                                           beta=0.5, opponent=opponent))
+    base_before = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
+    bar = adapter_state(model, "default")
+    q = queries(tok, 8)
+    for _ in range(k):
+        before = adapter_state(model, "default")
+        r = nash.rollout(*q)
+        st = nash.step(r, torch.linspace(0, 1, 8))
+        theta = adapter_state(model, "default")
+        assert st["grad_norm"] > 0 and any(not torch.equal(before[n], theta[n]) for n in theta)
+        bar = {n: d * bar[n] + (1 - d) * theta[n] for n in bar}
+        ema = adapter_state(model, nash.ema_adapter)
+        for n in bar:
+            torch.testing.assert_close(ema[n], bar[n])
+        assert model.active_adapter == "default"
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+            n for n, _ in model.named_parameters() if "lora_" in n and ".default." in n}
+    assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if "lora_" not in n)
+    # μ = the adapter-disabled model, with two adapters loaded
+    Q, m = r.query_ids.shape[1], r.response_mask
+    with torch.no_grad():
+        lp_mu, _, _ = response_logprobs_and_values(mu, None, r.input_ids, r.attention_mask, Q, 1.0)
+    torch.testing.assert_close(r.ref_logprobs[m], lp_mu[m], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("opponent", ["ema", "ema_mixture"])
+def test_lora_ema_opponent_equals_a_deepcopy_with_the_ema_weights(tok, opponent, tmp_path):
+    """The opponent run through the EMA adapter = the opponent of a deepcopied PeftModel whose (only active)
+    adapter holds the EMA weights, μ its adapter-disabled self; afterwards the policy is the policy again."""
+    from peft import set_peft_model_state_dict
+
+    beta, model = 0.4, lora_policy(tok)
+    nash = NashMD(model, tok, NashMDConfig(batch_size=8, max_new_tokens=6, learning_rate=1e-2, ema_decay=0.5,
+                                           beta=beta, opponent=opponent))
+    q = queries(tok, 8)
+    for _ in range(2):
+        nash.step(nash.rollout(*q), torch.linspace(0, 1, 8))
+    x = torch.cat([q[0], torch.full((8, 3), 7)], 1)
+    am = torch.cat([q[1], torch.ones(8, 3, dtype=q[1].dtype)], 1)
+    lp_before, _, _ = response_logprobs_and_values(model, None, x, am, q[0].shape[1], 1.0)
+    reference = copy.deepcopy(model)
+    set_peft_model_state_dict(reference, adapter_state(model, nash.ema_adapter), adapter_name="default")
+    reference.set_adapter("default")
+    ids, mask, logp = nash.sample_opponent(*q, generator=torch.Generator().manual_seed(5), return_logprobs=True)
+    ids0, mask0, logp0 = sample(mixture_sample, reference, None, tok, q, 0.0 if opponent == "ema" else beta, T=6,
+                                seed=5)
+    assert torch.equal(ids, ids0) and torch.equal(mask, mask0)
+    torch.testing.assert_close(logp, logp0, atol=1e-6, rtol=1e-6)
+    # the policy again: same log-probs, gradients reach its adapter only, and the EMA adapter is not saved
+    assert model.active_adapter == "default"
+    lp_after, _, _ = response_logprobs_and_values(model, None, x, am, q[0].shape[1], 1.0)
+    torch.testing.assert_close(lp_after, lp_before, atol=0, rtol=0)
+    model.zero_grad(set_to_none=True)
+    lp_after.sum().backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == ("lora_" in n and ".default." in n), n
+    nash.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").exists() and not (tmp_path / nash.ema_adapter).exists()
+
+
+
+
+def test_lora_ema_refuses_a_trainable_base_weight(tok):
+    """A trainable weight outside the policy adapter has no place in an EMA adapter: refused, adapter removed."""
+    model = lora_policy(tok)
+    model.get_base_model().transformer.ln_f.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"ln_f\.weight is not part of the adapter 'default'"):
+        NashMD(model, tok, NashMDConfig(ema_decay=0.5, opponent="ema"))
+    assert "ema" not in model.peft_config and model.active_adapter == "default"

@@ -10,13 +10,20 @@ One iteration on B prompts x ~ ρ:
   ∇  ≈ mean_b ∇ log π_θ(y|x) · [P − ½ − τ log(π_θ(y|x) / μ(y|x))]      (ascent)
 
 β = 0 is self-play (the opponent is the current policy), β = 1 the best response to μ.
-Nash-EMA-PG replaces θ in the opponent by an exponential moving average θ̄ of the parameters.
+
+The opponent y' (``NashMDConfig.opponent``), with θ̄ ← d θ̄ + (1−d) θ after every step (d = ema_decay):
+
+  "mixture"      Nash-MD-PG (the paper's):  log π' = (1−β) log π_θ + β log μ + c   (default)
+  "ema"          Nash-EMA-PG (the paper's): π' = π_θ̄, the EMA policy alone (β unused for y')
+  "ema_mixture"  ours, not the paper's:     log π' = (1−β) log π_θ̄ + β log μ + c
 
 μ is the reference (initial) policy: a frozen copy, or for a peft ``PeftModel`` the same
-network with its adapters disabled.  TRL 1.13's ``NashMDTrainer`` sampled y' by re-running both
-models on the whole sequence for every new token (O(T²)); :func:`mixture_sample` keeps one KV
-cache per model view instead, and :func:`mixture_sample_nocache` is that O(T²) computation, kept
-as the test oracle.
+network with its adapters disabled.  θ̄ is a frozen copy of the model, or for a ``PeftModel`` a
+second adapter ("ema") on the same frozen base, active only while y' is drawn.
+
+TRL 1.13's ``NashMDTrainer`` sampled y' by re-running both models on the whole sequence for
+every new token (O(T²)); :func:`mixture_sample` keeps one KV cache per model view instead, and
+:func:`mixture_sample_nocache` is that O(T²) computation, kept as the test oracle.
 
 Shapes: B sequences, Q query positions (left-padded), T response positions (right-padded),
 V vocabulary.  Dropout is off throughout (models stay in eval mode).
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +48,8 @@ __all__ = [
     "mixture_sample",
     "mixture_sample_nocache",
     "nash_md_loss",
+    "adapter_active",
+    "add_ema_adapter",
     "preference_from_reward",
     "NashMDRollout",
     "NashMD",
@@ -48,12 +57,17 @@ __all__ = [
 ]
 
 
+OPPONENTS = ("mixture", "ema", "ema_mixture")
+
+
 @dataclass
 class NashMDConfig:
     """Hyper-parameters.  beta is the mixture weight of μ in the opponent (TRL's mixture_coef),
-    tau the KL regularisation τ (TRL's beta); ema_decay=None samples the opponent from the current
-    policy (Nash-MD-PG), a number d from θ̄ ← d θ̄ + (1−d) θ (Nash-EMA-PG).  missing_eos_penalty
-    is subtracted from P(y ≻ y') for responses y that never emit EOS."""
+    tau the KL regularisation τ (TRL's beta).  opponent picks y' (see the module docstring):
+    "mixture" (Nash-MD-PG, the default), "ema" (Nash-EMA-PG: y' ~ π_θ̄; beta is not used) or
+    "ema_mixture" (ours: the geometric mixture of π_θ̄ and μ with weight beta); ema_decay d of
+    θ̄ ← d θ̄ + (1−d) θ is required by the two EMA opponents and refused otherwise.
+    missing_eos_penalty is subtracted from P(y ≻ y') for responses y that never emit EOS."""
 
     beta: float = 0.125
     tau: float = 0.01
@@ -63,6 +77,7 @@ class NashMDConfig:
     temperature: float = 1.0
     max_grad_norm: float = 1.0
     ema_decay: float | None = None
+    opponent: str = "mixture"
     missing_eos_penalty: float | None = None
     seed: int = 0
 
@@ -84,6 +99,13 @@ class NashMDConfig:
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
         need(self.ema_decay is None or (is_num(self.ema_decay) and 0 <= self.ema_decay <= 1), "ema_decay",
              "None or in [0, 1]")
+        need(self.opponent in OPPONENTS, "opponent", f"one of {', '.join(map(repr, OPPONENTS))}")
+        if self.opponent == "mixture" and self.ema_decay is not None:
+            raise ValueError(f"ema_decay is only used by the EMA opponents: set opponent='ema' (Nash-EMA-PG) "
+                             f"or 'ema_mixture' (θ̄–μ mixture, ours), or ema_decay=None; "
+                             f"got ema_decay={self.ema_decay!r}")
+        if self.opponent != "mixture" and self.ema_decay is None:
+            raise ValueError(f"opponent {self.opponent!r} needs ema_decay (θ̄ ← d θ̄ + (1−d) θ), got None")
         need(self.missing_eos_penalty is None or is_num(self.missing_eos_penalty), "missing_eos_penalty",
              "None or a finite number")
         need(is_int(self.seed), "seed", "an integer")
@@ -217,6 +239,62 @@ def mixture_sample_nocache(policy, ref, query_ids, query_mask, beta: float, max_
     return _finish(tokens, eos_token_id, pad_token_id, step_logprobs, return_logprobs)
 
 
+# -- θ̄ for a peft model: a second adapter on the same base ------------------------------------
+EMA_ADAPTER = "ema"
+
+
+@contextmanager
+def adapter_active(model, name: str):
+    """Context: the PeftModel ``model`` runs with adapter ``name`` active (frozen).  On exit the
+    previously active adapter is active again and every parameter's requires_grad is what it was
+    (peft's ``set_adapter`` and ``disable_adapter`` both rewrite those flags)."""
+    previous = model.active_adapter
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield model
+    finally:
+        model.set_adapter(previous)
+        for p, flag in requires_grad:
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def add_ema_adapter(model, name: str = EMA_ADAPTER) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """θ̄ as adapter ``name`` of the PeftModel ``model``, beside its active (policy) adapter on the
+    same base weights: the policy adapter's config in inference mode, θ̄_0 = θ_0 (copied), frozen.
+    The active adapter and every requires_grad flag are left as they were.
+
+    Returns the pairs (θ̄_i, θ_i), one per trainable parameter of the policy (each θ̄_i with
+    θ_i's shape, dtype and device), for θ̄ ← d θ̄ + (1−d) θ."""
+    policy = model.active_adapter
+    if not isinstance(policy, str):
+        raise ValueError(f"the policy must have one active adapter, got {policy!r}")
+    if name in model.peft_config:
+        raise ValueError(f"the model already has an adapter named {name!r}")
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+    theta = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    config = copy.deepcopy(model.peft_config[policy])
+    config.inference_mode = True
+    model.add_adapter(name, config)
+    for p, flag in requires_grad:
+        p.requires_grad_(flag)
+    params = dict(model.named_parameters())
+    pairs = []
+    for n, p in theta.items():
+        n_bar = n.replace(f".{policy}.", f".{name}.")
+        if n_bar == n or n_bar not in params:
+            model.delete_adapter(name)
+            raise ValueError(f"trainable parameter {n} is not part of the adapter {policy!r}: an EMA adapter cannot "
+                             "hold its average (freeze it, or give the trainer a model without peft)")
+        bar = params[n_bar].requires_grad_(False)
+        if bar.dtype != p.dtype or bar.device != p.device:
+            bar.data = torch.empty_like(p)
+        bar.copy_(p)
+        pairs.append((bar, p))
+    return pairs
+
+
 # -- the policy gradient -----------------------------------------------------------------------
 def nash_md_loss(logprobs, ref_logprobs, mask, preference, tau: float):
     """Score-function surrogate of Nash-MD-PG.
@@ -270,14 +348,15 @@ class NashMDRollout:
 
 
 class NashMD:
-    """Nash-MD-PG (or Nash-EMA-PG with ``config.ema_decay``) on a causal LM ``model`` (a
-    transformers model or a peft ``PeftModel``).
+    """Nash-MD-PG (or, by ``config.opponent``, Nash-EMA-PG or our θ̄–μ mixture) on a causal LM
+    ``model`` (a transformers model or a peft ``PeftModel``).
 
     μ: the adapter-disabled model for a PeftModel (ref_model must be None), else ``ref_model`` or a
-    frozen deepcopy of the initial model.  The EMA opponent is a frozen deepcopy of the model
-    (for a PeftModel the copy's adapter-disabled view is again μ).  One AdamW (no weight decay)
-    over the trainable parameters.  ``torch.manual_seed(config.seed)`` is called here (``generate``
-    uses the global generator); y' is drawn with a private generator seeded likewise."""
+    frozen deepcopy of the initial model.  θ̄ (opponents "ema", "ema_mixture"): for a PeftModel the
+    adapter ``ema_adapter`` added beside the policy's by :func:`add_ema_adapter` (no copy of the
+    base; ``ema_model`` is None), else ``ema_model``, a frozen deepcopy.  One AdamW (no weight
+    decay) over the trainable parameters.  ``torch.manual_seed(config.seed)`` is called here
+    (``generate`` uses the global generator); y' is drawn with a private generator seeded likewise."""
 
     def __init__(self, model, tokenizer, config: NashMDConfig | None = None, ref_model=None):
         self.config = cfg = config if config is not None else NashMDConfig()
@@ -288,19 +367,27 @@ class NashMD:
         self.is_peft = _is_peft(model)
         if self.is_peft and ref_model is not None:
             raise ValueError("ref_model must be None for a PeftModel: the reference is the adapter-disabled model")
-        torch.manual_seed(cfg.seed)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
         self.ref_model = None
         if not self.is_peft:
             self.ref_model = (ref_model if ref_model is not None else copy.deepcopy(model)).eval()
             self.ref_model.requires_grad_(False)
-        self.ema_model = None
-        if cfg.ema_decay is not None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.policy_adapter = model.active_adapter if self.is_peft else None
+        # θ̄: pairs (θ̄_i, θ_i) over the trainable parameters
+        self.ema_model, self.ema_adapter, self.ema_pairs = None, None, []
+        if cfg.opponent != "mixture" and self.is_peft:
+            self.ema_adapter = EMA_ADAPTER
+            self.ema_pairs = add_ema_adapter(model, EMA_ADAPTER)
+        elif cfg.opponent != "mixture":
             self.ema_model = copy.deepcopy(model).eval()
             self.ema_model.requires_grad_(False)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+            self.ema_pairs = [(bar, p) for bar, p in zip(self.ema_model.parameters(), model.parameters())
+                              if p.requires_grad]
+        # seeded after add_ema_adapter, whose initialisation draws from the global generator
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
         self.generation_kwargs = dict(
             do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
@@ -308,24 +395,47 @@ class NashMD:
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
 
-    @property
+    @contextmanager
     def opponent_policy(self):
-        """The π_θ part of the opponent: θ̄ (EMA) or θ."""
-        return self.ema_model if self.ema_model is not None else self.model
+        """Context yielding the model that is π in the opponent: θ ("mixture"), θ̄ ("ema", "ema_mixture"):
+        ``ema_model``, or for a PeftModel the policy with its EMA adapter active until the context ends."""
+        if self.config.opponent == "mixture":
+            yield self.model
+        elif self.ema_adapter is not None:
+            with adapter_active(self.model, self.ema_adapter) as model:
+                yield model
+        else:
+            yield self.ema_model
+
+    @torch.no_grad()
+    def sample_opponent(self, query_ids: torch.Tensor, query_mask: torch.Tensor, generator=None,
+                        return_logprobs: bool = False):
+        """y' ~ π'(·|x) for left-padded queries (B, Q), by :func:`mixture_sample`:
+
+          "mixture"      log π' = (1−β) log π_θ + β log μ + c    (Nash-MD-PG)
+          "ema"          π' = π_θ̄                                (Nash-EMA-PG: mixture_sample at β = 0)
+          "ema_mixture"  log π' = (1−β) log π_θ̄ + β log μ + c    (ours)
+
+        generator: the trainer's own by default.  Returns (B, T) ids and mask and, with
+        return_logprobs, the (B, T, V) log π' at every step, as :func:`mixture_sample`."""
+        cfg, tok = self.config, self.tokenizer
+        beta = 0.0 if cfg.opponent == "ema" else cfg.beta
+        with self.opponent_policy() as pi:
+            return mixture_sample(pi, self.ref_model, query_ids.to(self.device), query_mask.to(self.device).long(),
+                                  beta, cfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id, cfg.temperature,
+                                  self.generator if generator is None else generator, return_logprobs)
 
     # -- rollout ---------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> NashMDRollout:
-        """y ~ π_θ (``generate``), y' ~ π' (:func:`mixture_sample`), and log μ(y_t)."""
+        """y ~ π_θ (``generate``), y' ~ π' (:meth:`sample_opponent`), and log μ(y_t)."""
         cfg, tok = self.config, self.tokenizer
         query_ids, query_mask = query_ids.to(self.device), query_mask.to(self.device).long()
         _check_left_padded(query_mask)
         Q = query_ids.shape[1]
         out = self.model.generate(input_ids=query_ids, attention_mask=query_mask, **self.generation_kwargs)
         response, mask = truncate_after_eos(out[:, Q:], tok.eos_token_id, tok.pad_token_id)
-        opponent, opponent_mask = mixture_sample(
-            self.opponent_policy, self.ref_model, query_ids, query_mask, cfg.beta, cfg.max_new_tokens,
-            tok.eos_token_id, tok.pad_token_id, cfg.temperature, self.generator)
+        opponent, opponent_mask = self.sample_opponent(query_ids, query_mask)
         ids = torch.cat([query_ids, response], 1)
         am = torch.cat([query_mask, mask.long()], 1)
         ref = self.ref_model if self.ref_model is not None else self.model
@@ -356,7 +466,7 @@ class NashMD:
         loss.backward()
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         self.optimizer.step()
-        if self.ema_model is not None:
+        if self.ema_pairs:
             self.update_ema()
         stats.update({
             "preference": float(preference.mean()),
@@ -370,9 +480,8 @@ class NashMD:
     def update_ema(self) -> None:
         """θ̄ ← d θ̄ + (1−d) θ over the trainable parameters (the rest never move)."""
         d = self.config.ema_decay
-        for p_bar, p in zip(self.ema_model.parameters(), self.model.parameters()):
-            if p.requires_grad:
-                p_bar.lerp_(p, 1 - d)
+        for theta_bar, theta in self.ema_pairs:
+            theta_bar.lerp_(theta, 1 - d)
 
     # -- helpers ---------------------------------------------------------------------------
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -381,10 +490,13 @@ class NashMD:
                 for row, m in zip(ids.cpu(), mask.cpu())]
 
     def save_pretrained(self, path) -> None:
-        """The policy (adapter only for a PeftModel) and tokenizer via ``save_pretrained``."""
+        """The policy (its adapter only for a PeftModel, not the EMA's) and tokenizer via ``save_pretrained``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        if self.ema_adapter is not None:
+            self.model.save_pretrained(path, selected_adapters=[self.policy_adapter])
+        else:
+            self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
 
