@@ -1,14 +1,10 @@
 import copy
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from pluralign.checks import SCHEMAS, ParamError, validate
-from tiny import NOTEBOOKS, TINY
+from tiny import TINY
 
 BAD = [
     ("impossibility", "beta", -1.0, "impossibility.beta = -1.0: must be > 0"),
@@ -61,63 +57,3 @@ def test_shares_must_match_K_and_unknown_or_missing_keys_are_named():
     del q["tau"]
     with pytest.raises(ParamError, match="nash_md.tau is missing"):
         validate("nash_md", q)
-
-
-def make_root(tmp_path, root, params, notebooks=None):
-    (tmp_path / "notebooks").mkdir()
-    os.symlink(root / "lib", tmp_path / "lib")
-    shutil.copy(root / "notebooks" / "run_stage.py", tmp_path / "notebooks")
-    for nb in notebooks or NOTEBOOKS.values():
-        shutil.copy(root / "notebooks" / nb, tmp_path / "notebooks")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return tmp_path
-
-
-def run_stage(tmp, stage, nb):
-    return subprocess.run([sys.executable, "notebooks/run_stage.py", stage, f"notebooks/{nb}"], cwd=tmp,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_runner_rejects_bad_params_before_writing_anything(tmp_path, root):
-    tmp = make_root(tmp_path, root, {"impossibility": dict(TINY["impossibility"], beta=-0.5)}, ["01_impossibility.ipynb"])
-    out = run_stage(tmp, "impossibility", "01_impossibility.ipynb")
-    assert out.returncode == 2
-    assert out.stderr.strip() == "error: params.yaml: impossibility.beta = -0.5: must be > 0"
-    assert not (tmp / "results").exists() and not (tmp / "data").exists()
-    assert not list(tmp.glob(".stage-*"))
-
-
-def test_runner_publishes_nothing_when_a_cell_fails(tmp_path, root):
-    import nbformat
-
-    tmp = make_root(tmp_path, root, {"nash_md": TINY["nash_md"]}, [])
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("\n".join(f"{k} = None" for k in [*TINY["nash_md"], "results_dir", "data_dir"]),
-                                  metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("from pathlib import Path\n(Path(results_dir) / 'metrics').mkdir(parents=True)\n"
-                                  "(Path(results_dir) / 'metrics' / 'half.json').write_text('{}')"),
-        nbformat.v4.new_code_cell("raise ValueError('T is too small for this world')"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, tmp / "notebooks" / "broken.ipynb")
-    out = run_stage(tmp, "nash_md", "broken.ipynb")
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1] == ("error: stage nash_md: ValueError: T is too small for this world "
-                                                   "(in broken.ipynb, cell starting \"raise ValueError('T is too small for this world')\")")
-    assert not (tmp / "results").exists() and not list(tmp.glob(".stage-*"))
-
-
-def test_runner_names_a_missing_section(tmp_path, root):
-    tmp = make_root(tmp_path, root, {"nash_md": TINY["nash_md"]}, ["01_impossibility.ipynb"])
-    out = run_stage(tmp, "impossibility", "01_impossibility.ipynb")
-    assert out.returncode == 2 and out.stderr.strip() == "error: params.yaml has no section 'impossibility'"
-
-
-def test_runner_rejects_keys_the_notebook_does_not_declare(tmp_path, root):
-    params = {"nash_md": TINY["nash_md"], "gpt2": TINY["gpt2"]}
-    tmp = make_root(tmp_path, root, params, ["03_nash_md.ipynb"])
-    out = subprocess.run([sys.executable, "notebooks/run_stage.py", "nash_md", "notebooks/03_nash_md.ipynb", "--also", "gpt2"],
-                         cwd=tmp, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2
-    assert out.stderr.strip().startswith("error: params.yaml: ['base_model', 'imdb', 'max_new_tokens'")
-    assert "are not parameters of notebooks/03_nash_md.ipynb" in out.stderr and not (tmp / "results").exists()
