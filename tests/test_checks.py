@@ -1,7 +1,7 @@
 import copy
 
 import pytest
-import yaml
+from dvc.utils.serialize import parse_yaml
 
 from pluralign.checks import SCHEMAS, ParamError, validate
 from tiny import TINY
@@ -32,7 +32,7 @@ BAD = [
 
 
 def test_defaults_in_params_yaml_are_valid(root):
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = parse_yaml((root / "params.yaml").read_text(), "params.yaml")  # as DVC and the runner read it
     for stage in SCHEMAS:
         validate(stage, params[stage])
         validate(stage, TINY[stage])

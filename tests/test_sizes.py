@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from dvc.utils.serialize import parse_yaml
 
 from pluralign import checks, preferences
 from pluralign.checks import ParamError, validate
@@ -41,9 +42,8 @@ def test_memory_is_estimated_up_front(stage, changes, key, monkeypatch):
 
 
 def test_default_params_fit_in_a_small_machine(root, monkeypatch):
-    import yaml
     monkeypatch.setattr(checks, "memory_limit_bytes", lambda: 2 * 2**30)
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = parse_yaml((root / "params.yaml").read_text(), "params.yaml")  # as DVC and the runner read it
     for stage in checks.SCHEMAS:
         validate(stage, params[stage])
 
