@@ -80,14 +80,26 @@ def test_bad_verdicts_and_lengths_are_refused():
 
 @pytest.mark.parametrize("reply, verdict", [
     ("A", "A"), ("b", "B"), (" Tie.", "tie"), ("Response A", "A"), ("Output (b)", "B"), ("**A**", "A"), ("(a)", "A"),
+    # chatty replies: the leading verdict counts, whatever follows it
+    ("A\n\nBecause it uses simpler words.", "A"), ("Response A is better.", "A"), ("[[A]]", "A"), ("[[b]]", "B"),
+    ("It's a tie.", "tie"), ("it is a tie", "tie"), ("Tie: both are equally clear.", "tie"), ("Tied.", "tie"),
+    ("B. Response B explains more.", "B"), ("Verdict: B", "B"), ("Final verdict: [[B]]", "B"),
+    ("The better response is B.", "B"), ("**Response B**", "B"), ("A is better", "A"), ("'A'", "A"),
+    ("A, because it is short.", "A"), ("Answer: tie", "tie"), ("B\n", "B"), ("A - it is clearer", "A"),
+    ("Response B is clearly better than Response A.", "B"), ("[A]", "A"), ("b)", "B"), ("My answer: A", "A"),
+    ("Neither; they are equal.", "tie"), ("\u201cA\u201d", "A"),
 ])
 def test_parse_verdict(reply, verdict):
     assert J.parse_verdict(reply) == verdict
 
 
-@pytest.mark.parametrize("reply", ["", "Both are fine", "A or B", "C"])
+@pytest.mark.parametrize("reply", [
+    "", "Both are fine", "A or B", "C", "[[C]]", "I cannot decide",
+    "A better answer is B",  # "A" is an article here, not a verdict
+    "A good answer would mention soap.", "Response A and Response B are both good.", "A/B", "Abstain", "Bad question.",
+])
 def test_parse_verdict_refuses_anything_else(reply):
-    with pytest.raises(ValueError, match="is not A, B or tie"):
+    with pytest.raises(J.UnparseableVerdict, match="is not A, B or tie"):
         J.parse_verdict(reply)
 
 
@@ -195,9 +207,256 @@ def test_openai_judge_over_http(monkeypatch, fake_endpoint):
     user = first["body"]["messages"][-1]["content"]
     assert J.CRITERIA["P2A"] in user and user.index("Response A:\nx") < user.index("Response B:\ny")
     assert "Response A:\ny" in state["requests"][1]["body"]["messages"][-1]["content"]  # swapped
-    state["replies"] = [(200, "I cannot decide")]
-    with pytest.raises(ValueError, match="is not A, B or tie"):
+    state["replies"] = [(200, "I cannot decide")] * 3  # asked again twice (parse_retries=2), then given up on
+    with pytest.raises(J.UnparseableVerdict, match="is not A, B or tie"):
         j.compare("q", "x", "y", "c")
     state["replies"] = [(401, "")]
     with pytest.raises(RuntimeError, match="HTTP 401"):
         j.compare("q", "x", "y", "c")
+
+
+# -- unparseable replies: counted, not fatal ---------------------------------------------------
+class Mumbles:
+    """A judge whose reply cannot be read on the listed calls (as OpenAIJudge after its retries)."""
+
+    def __init__(self, bad_calls, verdict="A"):
+        self.bad, self.verdict, self.calls = set(bad_calls), verdict, 0
+
+    def compare(self, prompt, a, b, criterion):
+        self.calls += 1
+        if self.calls in self.bad:
+            raise J.UnparseableVerdict("judge reply 'hmm' is not A, B or tie")
+        return self.verdict if self.calls % 2 else {"A": "B", "B": "A"}[self.verdict]
+
+
+def test_unparseable_replies_count_as_ties_and_are_reported():
+    assert J.judge_pair(Mumbles({1}), "q", "x", "y", "c") == "tie"
+    verdicts, unparseable = J.judge_pairs(Mumbles({3, 6}), ["q"] * 3, ["x"] * 3, ["y"] * 3, "c")
+    assert verdicts == ["A", "tie", "tie"] and unparseable == 2
+    assert J.judge_pairs(Longer(), ["q"], ["long"], ["s"], "c") == (["A"], 0)
+    r = J.win_rates(Mumbles({1, 2}), ["q"] * 4, ["x"] * 4, ["y"] * 4, "c")
+    assert (r["win"], r["tie"], r["unparseable"]) == (3, 1, 2)
+    assert J.win_rates(Longer(), ["q"], ["long"], ["s"], "c")["unparseable"] == 0
+
+
+def test_openai_judge_asks_again_after_a_chatty_or_unreadable_reply(monkeypatch, fake_endpoint):
+    url, state = fake_endpoint
+    for k, v in zip(J.OpenAIJudge.ENV, (url, "judge-model", "sk-secret")):
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(J.time, "sleep", lambda s: None)
+    j = J.OpenAIJudge()
+    state["replies"] = [(200, "Response B is better.")]
+    assert j.compare("q", "x", "y", "c") == "B"  # a chatty reply is read, not retried
+    state["replies"] = [(200, "Well, let me think about both."), (200, "A")]
+    assert j.compare("q", "x", "y", "c") == "A"
+    again = state["requests"][-1]["body"]["messages"]
+    assert again[-2] == {"role": "assistant", "content": "Well, let me think about both."}
+    assert again[-1]["role"] == "user" and "A, B or tie" in again[-1]["content"]
+    state["replies"] = [(200, "Hmm.")] * 3 + [(200, "A"), (200, "B")]
+    verdicts, unparseable = J.judge_pairs(j, ["q"], ["x"], ["y"], "c")  # first order unreadable 3 times: a tie
+    assert (verdicts, unparseable) == (["tie"], 1) and state["replies"] == [(200, "B")]
+
+
+# -- the API key stays with its endpoint -------------------------------------------------------
+def _server(handler_cls):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def redirecting_endpoints():
+    """Endpoint 1 redirects every POST to the path state["to"] (a full URL); endpoint 2, another
+    origin (another port), records what it receives and answers like a judge."""
+    state = {"to": None, "code": 307, "seen": []}
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            state["seen"].append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                  "body": self.rfile.read(n)})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps({"choices": [{"message": {"content": "A"}}]}).encode())
+
+        do_GET = do_POST
+
+        def log_message(self, *a):
+            pass
+
+    class First(Other):
+        def do_POST(self):
+            if self.path.startswith("/same/"):
+                return Other.do_POST(self)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(state["code"])
+            self.send_header("Location", state["to"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    first, other = _server(First), _server(Other)
+    yield f"http://127.0.0.1:{first.server_address[1]}", f"http://127.0.0.1:{other.server_address[1]}", state
+    for s in (first, other):
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_openai_judge_refuses_a_redirect_to_another_origin(monkeypatch, redirecting_endpoints, code):
+    first, other, state = redirecting_endpoints
+    for k, v in zip(J.OpenAIJudge.ENV, (first + "/v1", "judge-model", "sk-secret-123")):
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(J.time, "sleep", lambda s: None)
+    state["to"], state["code"] = other + "/v1/chat/completions", code
+    with pytest.raises(RuntimeError) as err:
+        J.OpenAIJudge().compare("q", "x", "y", "c")
+    msg = str(err.value)
+    assert "redirect" in msg and other in msg and "refused" in msg and "\n" not in msg
+    assert "sk-secret-123" not in msg
+    assert state["seen"] == []  # the other origin never saw the request, let alone the key
+
+
+def test_openai_judge_follows_a_same_origin_redirect(monkeypatch, redirecting_endpoints):
+    first, other, state = redirecting_endpoints
+    for k, v in zip(J.OpenAIJudge.ENV, (first + "/v1", "judge-model", "sk-secret-123")):
+        monkeypatch.setenv(k, v)
+    state["to"], state["code"] = first + "/same/v1/chat/completions", 307
+    assert J.OpenAIJudge().compare("q", "x", "y", "c") == "A"
+    seen = state["seen"][0]
+    assert seen["auth"] == "Bearer sk-secret-123" and json.loads(seen["body"])["model"] == "judge-model"
+
+
+@pytest.fixture
+def echoing_endpoint():
+    """Answers every POST with state["status"] and a body that echoes the request's Authorization header."""
+    state = {"status": 400, "json": True}
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            auth = self.headers.get("Authorization")
+            body = ({"error": {"message": f"invalid key; you sent Authorization: {auth}"}} if state["json"]
+                    else {"echo": {"headers": {"Authorization": auth}}})
+            self.send_response(state["status"])
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *a):
+            pass
+
+    server = _server(Echo)
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status, as_error", [(400, True), (401, True), (500, True), (200, False)])
+def test_an_error_body_that_echoes_the_key_does_not_show_it(monkeypatch, echoing_endpoint, status, as_error):
+    url, state = echoing_endpoint
+    for k, v in zip(J.OpenAIJudge.ENV, (url, "judge-model", "sk-secret-123")):
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(J.time, "sleep", lambda s: None)
+    state["status"], state["json"] = status, as_error
+    with pytest.raises((RuntimeError, ValueError)) as err:
+        J.OpenAIJudge().compare("q", "x", "y", "c")
+    msg = str(err.value)
+    assert "secret" not in msg and "\n" not in msg and url.split("/v1")[0] in msg
+    assert (f"HTTP {status}" in msg) if as_error else ("choices[0].message.content" in msg)
+
+
+def test_judges_describe_themselves_without_the_key(monkeypatch, tiny_judge):
+    for k, v in zip(J.OpenAIJudge.ENV, ("https://user:pw@judge.example/v1/?api_key=sk-q", "judge-model", "sk-secret")):
+        monkeypatch.setenv(k, v)
+    d = J.OpenAIJudge().describe()
+    assert d == {"backend": "openai", "base_url": "https://judge.example/v1", "model": "judge-model"}
+    assert "sk-" not in repr(J.OpenAIJudge()) and "pw" not in repr(J.OpenAIJudge())
+    assert J.RuleJudge().describe() == {"backend": "rule", "margin": 0.0}
+    assert J.TransformersJudge(tiny_judge).describe() == {"backend": "transformers", "model": tiny_judge}
+
+
+# -- tokenisation: one <bos> first, as the model was trained -----------------------------------
+def _llama_like_tokenizer(chat_template=None, adds_bos=True):
+    """A word-level tokenizer with Llama's special tokens (<s> </s>) whose post-processor adds <s>
+    first (as LlamaTokenizerFast does) unless ``adds_bos`` is False."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    words = soups.standin_vocabulary() + ["A", "B", "tie", "Answer:", "<|user|>", "<|assistant|>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(words) - set(specials)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if adds_bos:
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                            special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>")
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+class Recorder(torch.nn.Module):
+    """Records the ids it is given; favours no answer."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.w, self.vocab, self.seen = torch.nn.Parameter(torch.zeros(1)), vocab, []
+
+    def forward(self, input_ids):
+        self.seen.append(input_ids[0].tolist())
+        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})
+
+
+TEMPLATE_BOS = "{{ bos_token }}{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}<|assistant|> "
+TEMPLATE_NO_BOS = "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}<|assistant|> "
+
+
+@pytest.mark.parametrize("template, adds_bos", [(None, True), (TEMPLATE_BOS, True), (TEMPLATE_NO_BOS, True),
+                                                (None, False)])
+def test_transformers_judge_gives_the_model_one_bos_first(template, adds_bos):
+    tok = _llama_like_tokenizer(template, adds_bos)
+    model = Recorder(len(tok))
+    J.TransformersJudge(model=model, tokenizer=tok).compare("explain soap .", "the dog can play .", "the sun .", "c")
+    ids = model.seen[0]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert tok.eos_token_id not in ids and tok.convert_ids_to_tokens(ids[-1]) in ("Answer:", "<|assistant|>")
+    if template:
+        assert tok.convert_ids_to_tokens(ids[1]) == "<|user|>"
+
+
+# -- model files: a truncated shard is named ---------------------------------------------------
+@pytest.fixture
+def sharded_judge(tmp_path):
+    tok = lm.build_word_tokenizer(soups.standin_vocabulary() + ["A", "B", "tie", "Answer:"])
+    lora.tiny_llama(tok, hidden_size=32, n_layer=2, n_head=2, n_kv_head=2, intermediate_size=64).save_pretrained(
+        tmp_path, max_shard_size="40KB")
+    tok.save_pretrained(tmp_path)
+    shards = sorted(tmp_path.glob("*.safetensors"))
+    assert len(shards) > 2
+    return tmp_path, shards
+
+
+def test_a_truncated_safetensors_shard_is_named(sharded_judge):
+    path, shards = sharded_judge
+    lm.check_safetensors(path)  # intact: fine
+    bad = shards[1]
+    with open(bad, "r+b") as f:
+        f.truncate(bad.stat().st_size - 100)
+    for call in (lambda: lm.check_safetensors(path, "judge model"), lambda: J.TransformersJudge(str(path))):
+        with pytest.raises(ValueError) as err:
+            call()
+        msg = str(err.value)
+        assert str(bad) in msg and "truncated" in msg and "\n" not in msg
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{bad.name}.*is empty"):
+        lm.check_safetensors(path)
+
+
+def test_a_missing_shard_is_named(sharded_judge):
+    path, shards = sharded_judge
+    shards[0].unlink()
+    with pytest.raises(ValueError, match=f"{shards[0].name}.*listed in model.safetensors.index.json.*missing"):
+        lm.check_safetensors(path)

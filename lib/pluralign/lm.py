@@ -21,11 +21,16 @@ __all__ = ["SPECIAL_TOKENS", "build_word_tokenizer", "tiny_gpt2", "pack_texts", 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
 
-def build_word_tokenizer(words: list[str]):
+def build_word_tokenizer(words: list[str], add_bos: bool = False):
     """A word-level tokenizer (``tokenizers`` WordLevel, whitespace/punctuation split) over
     ``words`` plus <pad> <bos> <eos> <unk>, wrapped as a ``PreTrainedTokenizerFast``.
-    Prompts are left-padded (generation); pad ≠ eos, as TRL's reward scoring expects."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    Prompts are left-padded (generation); pad ≠ eos, as TRL's reward scoring expects.
+
+    ``add_special_tokens=True`` (what TRL's RewardTrainer and our reward scoring use) adds nothing
+    by default, like GPT-2's tokenizer (the GPT-2 stand-in); ``add_bos=True`` puts <bos> first,
+    like Llama / Tulu2's (the Tulu2 stand-in; kept by ``save_pretrained``).  Code that places BOS
+    itself (:func:`encode_prompts`, :func:`pack_texts`) passes ``add_special_tokens=False``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = list(SPECIAL_TOKENS.values())
@@ -33,6 +38,10 @@ def build_word_tokenizer(words: list[str]):
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    if add_bos:
+        bos = SPECIAL_TOKENS["bos_token"]
+        core.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                            special_tokens=[(bos, vocab[bos])])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, padding_side="left", **SPECIAL_TOKENS)
     return tok
 
@@ -96,12 +105,15 @@ def pretrain(model, train_blocks, val_blocks, steps: int, batch_size: int, lr: f
 
 
 def check_source(name_or_path: str, what: str) -> None:
-    """Local paths must exist; hub names need the hub, which offline runs do not have."""
+    """Local paths must exist (and their safetensors files be whole); hub names need the hub,
+    which offline runs do not have."""
     p = Path(name_or_path)
     # a hub id is "name" or "owner/name"; anything with more parts (or ./, ~, /) is a path
     looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1 or p.exists()
     if looks_local and not p.exists():
         raise FileNotFoundError(f"{what} path {name_or_path!r} does not exist")
+    if looks_local:
+        check_safetensors(p, what)  # a truncated shard among several is named here, not deep in from_pretrained
     if not looks_local and os.environ.get("HF_HUB_OFFLINE") == "1":
         # a hub id offline is fine only if it is already in the local cache
         from huggingface_hub import try_to_load_from_cache
@@ -161,3 +173,42 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         out += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
     return [t.strip() for t in out]
+
+
+def check_safetensors(path, what: str = "model") -> list:
+    """Check the weights of a local model folder (or one ``.safetensors`` file) before loading:
+    every ``*.safetensors`` file is opened with ``safetensors.safe_open`` (which reads its header
+    and checks that the file covers every tensor it declares), and every shard that a
+    ``*.safetensors.index.json`` lists must exist.  A failure raises ValueError with one line
+    naming the file (empty, truncated / not safetensors, missing, or a bad index).  Paths that are
+    not local folders or files (hub ids) are left to :func:`check_source`.  Returns the files checked."""
+    import json as _json
+
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if p.is_file():
+        files = [p] if p.name.endswith(".safetensors") else []
+    elif p.is_dir():
+        files = sorted(p.glob("*.safetensors"))
+        for index in sorted(p.glob("*.safetensors.index.json")):
+            try:
+                listed = sorted(set(_json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{what} index {index} is not a JSON object with a weight_map "
+                                 f"({type(e).__name__})") from None
+            for name in listed:
+                if not (p / name).is_file():
+                    raise ValueError(f"{what} file {p / name} (listed in {index.name}) is missing")
+    else:
+        return []
+    for f in files:
+        if f.stat().st_size == 0:
+            raise ValueError(f"{what} file {f} is empty")
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            why = " ".join(str(e).split())[:160]
+            raise ValueError(f"{what} file {f} is truncated or not a safetensors file ({why})") from None
+    return files
