@@ -4,12 +4,14 @@ fit, and how fast is it?
 
 Model: a Llama-architecture causal LM of Tulu2-7B's shape (hidden 4096, 32 layers, 32 heads,
 intermediate 11008, vocab 32000), bf16, built directly on the GPU (``torch.device`` context:
-the weights are never materialised in CPU RAM).  Policy: LoRA r=16 (q_proj, v_proj) with our
-PPO's value head; reference = adapters disabled.  Reward models: K=2 LoRA r=8 adapters on ONE
-sequence-classification model whose backbone shares the policy base's weight tensors
-(:func:`pluralign.lora.share_backbone`: built on the meta device, then pointed at the policy's
-tensors), each adapter with its own score head — one copy of the 7B weights serves the policy,
-the reference and both reward models.
+the weights are never materialised in CPU RAM).  The models on it are built by
+:func:`pluralign.lora.ppo_models`, the builder scripts/tulu2_ppo.py uses, so this measures the
+setup the script runs: policy LoRA r=16 (q_proj, v_proj; no dropout) with our PPO's value head,
+reference = adapters disabled; K=2 reward LoRA r=8 adapters on ONE sequence-classification model
+whose backbone shares the policy base's weight tensors (:func:`pluralign.lora.share_backbone`),
+each adapter with its own score head — one copy of the 7B weights serves the policy, the
+reference and both reward models.  (The script's adapters are loaded from disk, these are fresh
+with random heads; the module structure is the same.)
 
 One step = rollout (generation of ``--new-tokens`` tokens for ``--batch-size`` prompts, then the
 policy/value and reference forwards), scoring by the K reward adapters and the argmin rule, and
@@ -27,7 +29,6 @@ embedding, S = sequence length; the checkpointing recompute is not counted (MFU 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
@@ -75,9 +76,10 @@ def matmul_rate(device, dtype, n: int, reps: int) -> float:
 
 
 def build(args, device, dtype):
-    """(tokenizer, LoRA policy, [AdapterView] reward models, config)."""
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+    """(tokenizer, LoRA policy, [AdapterView] reward models, config, shared backbone?): a random
+    base of the chosen shape, then :func:`pluralign.lora.ppo_models` as in scripts/tulu2_ppo.py
+    (activation checkpointing on, as the paper profile runs it)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     shape = SIZES[args.size]
     tok = lm.build_word_tokenizer([f"t{i}" for i in range(shape["vocab_size"] - 4)])  # 4 special tokens
@@ -86,28 +88,10 @@ def build(args, device, dtype):
     torch.manual_seed(args.seed)
     with torch.device(device):
         base = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    base.generation_config.pad_token_id = tok.pad_token_id
-    rm_config = copy.deepcopy(config)
-    rm_config.num_labels = 1
-    with torch.device("meta"):  # no memory: its backbone will be the policy's tensors
-        rm = AutoModelForSequenceClassification.from_config(rm_config, dtype=dtype)
-    lora.share_backbone(rm, base)
-    rm.score = torch.nn.Linear(config.hidden_size, 1, bias=False, device=device, dtype=dtype)
-    torch.nn.init.normal_(rm.score.weight, std=config.initializer_range)
-
-    policy = get_peft_model(base, lora.policy_lora_config(r=16, alpha=32, dropout=0.05))
-    lora.checkpoint_layers(policy)
-    rms = get_peft_model(rm, lora.reward_lora_config(r=8, alpha=32, dropout=0.1), adapter_name="rm0")
-    for k in range(1, args.K):
-        rms.add_adapter(f"rm{k}", lora.reward_lora_config(r=8, alpha=32, dropout=0.1))
-    with torch.no_grad():  # distinct heads, so the K rewards differ
-        for k in range(args.K):
-            rms.base_model.model.score.modules_to_save[f"rm{k}"].weight.normal_(std=config.initializer_range)
-    rms.requires_grad_(False)
-    rms.eval()
-    base_ptrs = {q.data_ptr() for n, q in base.model.named_parameters() if "lora_" not in n}
-    shared = all(q.data_ptr() in base_ptrs for n, q in rm.model.named_parameters() if "lora_" not in n)
-    return tok, policy.eval(), [lora.AdapterView(rms, f"rm{k}") for k in range(args.K)], config, shared
+    policy, reward_models = lora.ppo_models(base, tok, args.K, r=16, alpha=32, gradient_checkpointing=True,
+                                            dtype=dtype, seed=args.seed, device=device,
+                                            reward_r=8, reward_alpha=32, reward_dropout=0.1)
+    return tok, policy, reward_models, config, lora.backbone_shared(policy, reward_models)
 
 
 def update_flops(config, n_params: int, tokens: int, seq: int) -> float:

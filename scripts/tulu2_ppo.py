@@ -18,8 +18,14 @@ so the policy is not ``accelerator.prepare``d; instead each LoRA gradient is all
 (averaged) by a hook as soon as it is accumulated — what DDP does, for the few trainable tensors.
 FSDP / DeepSpeed need the forward itself to go through the wrapped model, so they are refused.
 
+Models: :func:`pluralign.lora.ppo_models` (also what benchmarks/bench_tulu_7b.py measures): the
+LoRA policy and the K reward adapters on one copy of the base in memory when the reward adapters
+were trained on the policy's base (no ``--reward-base``) and the base is full precision; the
+policy runs without dropout (PPO keeps it in eval mode; see :mod:`pluralign.lora`).
+
 Reads the ``tulu2`` and ``tulu_align`` sections of the params file; writes ``DIR/policy``
-(adapter, tokenizer, value head), ``DIR/history.json`` (one row per step) and ``DIR/run.json``.
+(adapter, tokenizer, ``value_head.safetensors``), ``DIR/history.json`` (one row per step) and
+``DIR/run.json``.
 """
 from __future__ import annotations
 
@@ -100,14 +106,12 @@ def main(argv=None) -> None:
 
     tok = lm.load_tokenizer(args.base)
     dtype = DTYPES[p["dtype"]]
-    # same seed on every process: identical LoRA initialisation everywhere
-    policy = lora.lora_policy(args.base, tok, r=p["lora_r"], alpha=p["lora_alpha"], dropout=p["lora_dropout"],
-                              gradient_checkpointing=p["gradient_checkpointing"], dtype=dtype,
-                              load_in_bits=p["load_in_bits"], seed=p["seed"])
-    rms = lora.load_reward_adapters(args.reward_base or args.base, tok, args.rewards, dtype, p["load_in_bits"])
-    if p["load_in_bits"] is None:  # bitsandbytes models are placed when loaded
-        policy.to(device)
-        rms[0].model.to(device)
+    # same seed on every process: identical LoRA initialisation everywhere; the models are placed on
+    # `device` while they are built (a shared backbone must not be moved afterwards)
+    policy, rms = lora.ppo_models(args.base, tok, args.rewards, r=p["lora_r"], alpha=p["lora_alpha"],
+                                  gradient_checkpointing=p["gradient_checkpointing"], dtype=dtype,
+                                  load_in_bits=p["load_in_bits"], seed=p["seed"], reward_base=args.reward_base,
+                                  device=device)
     rewards = GroupRewards(rms, tok)
     cfg = PPOConfig(batch_size=p["batch_size"], mini_batch_size=p["mini_batch_size"], ppo_epochs=p["ppo_epochs"],
                     learning_rate=p["lr"], kl_coef=p["kl_coef"], max_new_tokens=p["max_new_tokens"],
@@ -161,7 +165,8 @@ def main(argv=None) -> None:
         (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
         run = {"params": p, "rewards": args.rewards, "base": args.base, "processes": world, "device": str(device),
                "distributed_type": str(accelerator.distributed_type), "mixed_precision": accelerator.mixed_precision,
-               "reward_mean": rewards.mean.tolist(), "reward_std": rewards.std.tolist()}
+               "reward_mean": rewards.mean.tolist(), "reward_std": rewards.std.tolist(),
+               "reward_backbone_shares_policy_weights": lora.backbone_shared(policy, rms)}
         (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     accelerator.end_training()
 

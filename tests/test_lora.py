@@ -30,7 +30,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_llama")
-    tok = lm.build_word_tokenizer(soups.standin_vocabulary())
+    tok = lm.build_word_tokenizer(soups.standin_vocabulary(), add_bos=True)  # as notebook 13's stand-in
     lora.tiny_llama(tok, hidden_size=32, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=64).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path), lm.load_tokenizer(str(path))
@@ -102,7 +102,7 @@ def test_lora_policy_takes_two_ppo_steps_against_the_adapter_free_base(base):
     from transformers import AutoModelForCausalLM
 
     path, tok = base
-    policy = lora.lora_policy(path, tok, r=4, alpha=8, dropout=0.05, seed=0)
+    policy = lora.lora_policy(path, tok, r=4, alpha=8, seed=0)
     reference = AutoModelForCausalLM.from_pretrained(path).eval()
     ppo = PPO(policy, tok, PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=2, learning_rate=1e-2,
                                      max_new_tokens=6, seed=0))
@@ -225,7 +225,6 @@ tulu_align:
   n_prompts: 0
   lora_r: 4
   lora_alpha: 8
-  lora_dropout: 0.05
   gradient_checkpointing: true
   n_boot: 200
 """
@@ -253,7 +252,8 @@ def test_tulu2_ppo_script_runs_two_steps(base, tmp_path):
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2] and all(h["group"] in (0, 1) for h in history)
     assert (tmp_path / "out" / "policy" / "adapter_config.json").exists()
-    assert (tmp_path / "out" / "policy" / "value_head.pt").exists()
+    assert (tmp_path / "out" / "policy" / "value_head.safetensors").exists()
+    assert not list((tmp_path / "out").rglob("*.pt"))  # no pickles
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["processes"] == 1 and len(run["reward_mean"]) == 2
 
@@ -317,3 +317,165 @@ def test_gradient_sync_keeps_two_processes_identical(base, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout.split("SPREAD")[1].split()[0]) == 0.0  # without the hook: ~4e-3 apart
+
+
+# ---- dropout: active in reward training (LoRA only), off in PPO --------------------------------
+def _dropout_calls(model):
+    """Register a pre-hook on every nn.Dropout: returns the list of (name, p, training) per call."""
+    calls = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.register_forward_pre_hook(lambda mod, args, _n=name: calls.append((_n, mod.p, mod.training)))
+    return calls
+
+
+def test_reward_training_keeps_lora_dropout_on_and_backbone_dropout_off(base, tmp_path):
+    """tulu_reward.lora_dropout acts: during RewardTrainer's steps each LoRA dropout has the
+    configured p in training mode, while TRL's disable_dropout still zeroes the backbone's (GPT-2
+    has backbone dropout; the Llama stand-in has none), and p survives for the next M-step."""
+    path, tok = base
+    gpt2 = tmp_path / "gpt2"
+    lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=256).save_pretrained(gpt2)
+    pairs = two_group_pairs(n_users=2, per_user=4)
+    for where, targets in ((path, None), (str(gpt2), ["c_attn"])):
+        model = lora.lora_reward_model(where, tok, r=4, alpha=8, dropout=0.1, target_modules=targets, seed=0)
+        calls = _dropout_calls(model)
+        rm.train_reward_model(model, tok, pairs, epochs=1, lr=1e-3, batch_size=8, max_length=256)
+        adapter = [c for c in calls if ".lora_dropout." in c[0] + "."]
+        backbone = [c for c in calls if ".lora_dropout." not in c[0] + "."]
+        assert adapter and all(p == 0.1 and training for _, p, training in adapter)
+        assert all(p == 0 for _, p, _ in backbone)
+        assert bool(backbone) == (targets is not None)  # GPT-2's embedding/attention/residual dropouts
+        assert all(m.p == 0.1 for n, m in model.named_modules() if n.endswith("lora_dropout.default"))
+        assert not model.training  # scoring afterwards: dropout inert
+
+
+def test_policy_lora_has_no_dropout_and_ppo_runs_in_eval_mode(base, root):
+    """PPO's ratio π_θ/π_old needs old and new log-probs from one function, so the policy runs in
+    eval mode (as TRL's PPO disables dropout): a policy LoRA dropout could never act, so the
+    tulu_align.lora_dropout param is gone and the policy's LoRA has p = 0."""
+    import inspect
+
+    import yaml
+
+    from pluralign.checks import SCHEMAS
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert "lora_dropout" not in params["tulu_align"] and "lora_dropout" not in SCHEMAS["tulu_align"]
+    assert "lora_dropout" in params["tulu_reward"] and "lora_dropout" in SCHEMAS["tulu_reward"]
+    assert "dropout" not in inspect.signature(lora.lora_policy).parameters
+    path, tok = base
+    policy = lora.lora_policy(path, tok, r=4, alpha=8, seed=0)
+    assert policy.peft_config["default"].lora_dropout == 0
+    modes = []
+    for name, m in policy.named_modules():
+        if name.endswith("lora_A.default"):
+            m.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+    ppo = PPO(policy, tok, PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=3))
+    ppo.step(ppo.rollout(*lm.encode_prompts(tok, ["explain soap .", "the sun"])), torch.ones(2))
+    assert modes and not any(modes)
+
+
+# ---- one builder for the script and the benchmark; a shared backbone -------------------------
+class _Built(Exception):
+    pass
+
+
+def _structure(policy, views):
+    """Module tree (names, types, checkpointed layers) and LoRA configs, sizes aside."""
+    def tree(m):
+        return [(n, type(x).__name__, "forward" in vars(x)) for n, x in m.named_modules()]
+
+    def configs(m):
+        return {k: (sorted(c.target_modules), c.lora_dropout, sorted(set(c.modules_to_save or [])),
+                    getattr(c.task_type, "value", c.task_type)) for k, c in m.peft_config.items()}
+
+    return tree(policy), tree(views[0].model), configs(policy), configs(views[0].model), [v.name for v in views]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_tulu_7b", ROOT / "benchmarks" / "bench_tulu_7b.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_script_and_benchmark_build_their_models_with_one_function(base, tmp_path, monkeypatch):
+    path, tok = base
+    folders = lora.LoraRewardMixture(path, tok, 2, seed=0).save(tmp_path / "rms")
+    data = soups.make_standin(tmp_path / "data", n_per_dim=2, n_prompts=4, n_eval=1)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    built, real = [], lora.ppo_models
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        raise _Built
+
+    monkeypatch.setattr(lora, "ppo_models", spy)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(_Built):
+            _script().main(["--params", str(tmp_path / "params.yaml"), "--base", path, "--rewards", *folders,
+                            "--prompts", str(data["prompts"]), "--out", str(tmp_path / "out"), "--cpu"])
+        with pytest.raises(_Built):
+            _bench().main(["--size", "tiny", "--cpu", "--steps", "1", "--warmup", "0",
+                           "--out", str(tmp_path / "b.json")])
+    finally:
+        torch.set_num_threads(threads)
+    (p1, v1), (p2, v2) = built
+    assert _structure(p1, v1) == _structure(p2, v2)
+    assert lora.backbone_shared(p1, v1) and lora.backbone_shared(p2, v2)
+
+
+def test_shared_backbone_gives_the_rewards_of_separate_models(base, tmp_path):
+    import shutil
+
+    path, tok = base
+    mix = lora.LoraRewardMixture(path, tok, 2, seed=0)
+    with torch.no_grad():  # non-zero LoRA B, so that the adapters matter
+        for n, p in mix.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.3)
+    folders = mix.save(tmp_path / "rms")
+    policy, shared = lora.ppo_models(path, tok, folders, r=4, alpha=8, seed=0)
+    separate = lora.load_reward_adapters(path, tok, folders)
+    # one copy of the base: every backbone tensor of the reward model is one of the policy base's
+    ptrs = {p.data_ptr() for n, p in policy.get_base_model().named_parameters() if "lora_" not in n}
+    rm_backbone = [p for n, p in shared[0].model.named_parameters() if "lora_" not in n and ".score." not in n]
+    assert rm_backbone and all(p.data_ptr() in ptrs for p in rm_backbone)
+    assert lora.backbone_shared(policy, shared) and not lora.backbone_shared(policy, separate)
+    assert not any(p.requires_grad for p in shared[0].model.parameters())
+    pairs = two_group_pairs()
+    margins = [rm.pair_margins(s, tok, pairs) for s in shared]
+    for m, u in zip(margins, separate):
+        torch.testing.assert_close(m, rm.pair_margins(u, tok, pairs), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(margins[0], margins[1])
+    # the policy is the one lora_policy builds, and its PPO updates leave the rewards alone
+    alone = lora.lora_policy(path, tok, r=4, alpha=8, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), alone.state_dict().values()))
+    ppo = PPO(policy, tok, PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-2,
+                                     max_new_tokens=3))
+    ppo.step(ppo.rollout(*lm.encode_prompts(tok, ["explain soap .", "the sun"])), torch.tensor([1.0, -1.0]))
+    assert not all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), alone.state_dict().values()))
+    for m, s in zip(margins, shared):
+        assert torch.equal(rm.pair_margins(s, tok, pairs), m)
+    # another reward base: two copies, same rewards
+    shutil.copytree(path, tmp_path / "other")
+    _, apart = lora.ppo_models(path, tok, folders, r=4, alpha=8, seed=0, reward_base=str(tmp_path / "other"))
+    assert not lora.backbone_shared(policy, apart)
+    torch.testing.assert_close(rm.pair_margins(apart[0], tok, pairs), margins[0], rtol=1e-6, atol=1e-6)
+
+
+def test_docstrings_say_when_the_seed_matters():
+    assert "new head seeded" not in lora.lora_reward_model.__doc__
+
+
+def test_standin_tokenizer_puts_bos_first_once(base):
+    """The Tulu2 stand-in's saved tokenizer adds <bos> as Llama's does: reward texts start with it
+    (TRL's tokenisation), and prompts for generation still carry exactly one."""
+    path, tok = base
+    ids = rm._processed(tok, two_group_pairs(n_users=2, per_user=1))["chosen_ids"]
+    assert all(x[0] == tok.bos_token_id and x[1] != tok.bos_token_id and x[-1] == tok.eos_token_id for x in ids)
+    q, mask = lm.encode_prompts(tok, ["explain soap .", "the sun"])
+    first = [row[m.bool()][:2].tolist() for row, m in zip(q, mask)]
+    assert all(f[0] == tok.bos_token_id and f[1] != tok.bos_token_id for f in first)

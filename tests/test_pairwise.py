@@ -121,3 +121,50 @@ def test_bad_input_is_refused(base):
     one_group = PreferencePairs(["p"] * 2, [" a"] * 2, [" b"] * 2, torch.tensor([0, 1]), 2, torch.tensor([1, 1]))
     with pytest.raises(ValueError, match=r"at least two groups; these hold group\(s\) \[1\] only"):
         preference_accuracy_by_group(pref, one_group)
+
+
+def _fed_ids(pref, prompts, a, b):
+    """The unpadded token ids PairwisePreferenceModel.f feeds its classifier."""
+    seen = []
+    hook = pref.model.register_forward_pre_hook(
+        lambda m, args, kw: seen.extend(ids[mask.bool()].tolist() for ids, mask in
+                                        zip(kw["input_ids"], kw["attention_mask"])), with_kwargs=True)
+    try:
+        pref.logit(prompts, a, b)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_pair_texts_get_the_tokenizer_s_special_tokens(base):
+    """A Llama tokenizer puts <s> first, as the model saw in pretraining and as reward models read it;
+    the cpu profile's word tokenizer adds nothing, so the GPT-2 stages' ids are unchanged."""
+    import tiny
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    llama_tok = tiny.tiny_llama_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(llama_tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=1,
+                         pad_token_id=llama_tok.pad_token_id)
+    pref = PairwisePreferenceModel(LlamaForSequenceClassification(config).float(), llama_tok)
+    x, a, b = ["what a", "the movie"], [" good .", " was fine ."], [" bad .", " was awful ."]
+    fed = _fed_ids(pref, x, a, b)
+    texts = [pair_text(llama_tok, *t) for t in zip(x, a, b)] + [pair_text(llama_tok, *t) for t in zip(x, b, a)]
+    assert fed == llama_tok(texts)["input_ids"]
+    assert all(ids[0] == llama_tok.bos_token_id and ids[-1] == llama_tok.eos_token_id for ids in fed)
+
+    path, tok = base
+    gpt2 = PairwisePreferenceModel.from_base(path, tok, seed=0)
+    texts = [pair_text(tok, *t) for t in zip(x, a, b)] + [pair_text(tok, *t) for t in zip(x, b, a)]
+    assert _fed_ids(gpt2, x, a, b) == tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_from_base_docstring_and_pad_check(base, tmp_path):
+    path, tok = base
+    assert "new, seeded" not in PairwisePreferenceModel.from_base.__doc__
+    same = lm.load_tokenizer(path)
+    same.pad_token = same.eos_token
+    with pytest.raises(ValueError, match=r"pad token .*must differ from eos") as err:
+        PairwisePreferenceModel(rm.load_reward_model(path, same), same)
+    assert "add_special_tokens" in str(err.value) and "to eos" not in str(err.value)

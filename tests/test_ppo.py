@@ -274,8 +274,30 @@ def test_lora_reference_is_the_adapter_free_base(tok, tmp_path):
     torch.testing.assert_close(r.ref_logprobs[m], lp_orig[m], atol=1e-6, rtol=1e-6)
 
     ppo.save_pretrained(tmp_path)
-    assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "value_head.pt").exists()
+    assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "value_head.safetensors").exists()
     assert (tmp_path / "tokenizer.json").exists()
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))  # no pickles
+
+
+def test_value_head_round_trips_through_safetensors(tok, tmp_path):
+    from safetensors.torch import load_file
+
+    from pluralign.ppo import ValueHead, load_value_head
+
+    ppo = PPO(tiny_gpt2(tok), tok, PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=3))
+    r = ppo.rollout(*queries(tok, 4))
+    ppo.step(r, torch.arange(4.0))  # the head is no longer zero
+    ppo.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".pt", ".safetensors")) == \
+        ["model.safetensors", "value_head.safetensors"]
+    saved = load_file(tmp_path / "value_head.safetensors")  # plain tensors, no pickle
+    assert set(saved) == {"summary.weight", "summary.bias"}
+    head = load_value_head(tmp_path)
+    assert isinstance(head, ValueHead) and float(head.summary.weight.abs().sum()) > 0
+    for k, v in ppo.value_head.state_dict().items():
+        assert torch.equal(head.state_dict()[k], v)
+    with pytest.raises(FileNotFoundError, match="value_head.safetensors"):
+        load_value_head(tmp_path / "nowhere")
 
 
 def test_lora_rejects_separate_reference(tok):
@@ -314,8 +336,10 @@ def test_bad_config_names_the_field(field, value):
 def test_bad_tokenizer_and_scores(tok):
     notok = make_tokenizer(pad_token=None)
     assert notok.pad_token_id is None
-    with pytest.raises(ValueError, match="pad_token"):
+    with pytest.raises(ValueError, match="pad_token") as err:
         PPO(tiny_gpt2(tok), notok)
+    # the advice must not be pad = eos: reward and pairwise models pool at the last non-pad token
+    assert "distinct from eos" in str(err.value) and "to eos" not in str(err.value)
     ppo = PPO(tiny_gpt2(tok), tok, PPOConfig(batch_size=4, mini_batch_size=2, max_new_tokens=2))
     r = ppo.rollout(*queries(tok, 4))
     with pytest.raises(ValueError, match="scores"):

@@ -64,3 +64,102 @@ def test_neural_mixture_refuses_soft_assignments(base):
     mix = rm.NeuralRewardMixture(path, tok, 2)
     with pytest.raises(ValueError, match="hard assignments only"):
         mix.fit(two_group_pairs(n_users=2, per_user=2), torch.full((2, 2), 0.5))
+
+
+# ---- tokenisation: what the reward model reads is what TRL's RewardTrainer trains it on ----------
+def _tiny_classifier(tok):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return LlamaForSequenceClassification(config).float().eval()
+
+
+def _trl_ids(model, tok, pairs, tmp_path):
+    """chosen/rejected ids as TRL 1.16's RewardTrainer tokenises a raw prompt/chosen/rejected dataset."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, max_length=None)
+    raw = Dataset.from_dict({"prompt": pairs.prompt, "chosen": pairs.chosen, "rejected": pairs.rejected})
+    ds = RewardTrainer(model=model, args=args, train_dataset=raw, processing_class=tok).train_dataset
+    return ds["chosen_ids"], ds["rejected_ids"]
+
+
+def _scored_ids(model, tok, prompts, responses):
+    """The unpadded token ids rm.score feeds the model."""
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: seen.extend(ids[mask.bool()].tolist() for ids, mask in
+                                     zip(kw["input_ids"], kw["attention_mask"])), with_kwargs=True)
+    try:
+        rm.score(model, tok, prompts, responses, batch_size=3)
+    finally:
+        hook.remove()
+    return seen
+
+
+def _small_pairs():
+    pairs = two_group_pairs(n_users=2, per_user=3)
+    pairs.prompt[0] = "what a"  # the prompts have different lengths: padding is exercised
+    return pairs
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "word_bos"])
+def test_scored_and_trained_ids_equal_trl_reward_trainer_tokenisation(kind, tmp_path):
+    """llama: a Llama tokenizer; gpt2: GPT-2's; word_bos: the Tulu2 stand-in's word-level tokenizer,
+    which puts <bos> first as Llama's does (lm.build_word_tokenizer(..., add_bos=True))."""
+    import tiny
+
+    tok = {"llama": tiny.tiny_llama_tokenizer, "gpt2": tiny.tiny_gpt2_tokenizer,
+           "word_bos": lambda: lm.build_word_tokenizer(corpus.vocabulary(), add_bos=True)}[kind]()
+    model, pairs = _tiny_classifier(tok), _small_pairs()
+    trl_chosen, trl_rejected = _trl_ids(model, tok, pairs, tmp_path)
+    ours = rm._processed(tok, pairs)
+    assert ours["chosen_ids"] == trl_chosen and ours["rejected_ids"] == trl_rejected
+    assert _scored_ids(model, tok, pairs.prompt, pairs.chosen) == trl_chosen
+    assert all(ids[-1] == tok.eos_token_id for ids in trl_chosen)
+    if kind != "gpt2":  # Llama's tokenizer adds <s>: the reward model reads BOS first, as in training
+        assert all(ids[0] == tok.bos_token_id for ids in trl_chosen)
+    else:  # GPT-2's adds nothing: the ids are what they were before (no BOS, text + eos only)
+        old = tok([rm.reward_text(tok, p, r) for p, r in zip(pairs.prompt, pairs.chosen)],
+                  add_special_tokens=False)["input_ids"]
+        assert trl_chosen == old and all(ids[0] != tok.eos_token_id for ids in trl_chosen)
+
+
+def test_word_tokenizer_ids_are_unchanged(base):
+    """The cpu profile's word-level tokenizer adds no special tokens: its reward ids (and so the
+    GPT-2 stages' numbers) are those of add_special_tokens=False."""
+    path, tok = base
+    model, pairs = rm.load_reward_model(path, tok, seed=0).eval(), _small_pairs()
+    texts = [rm.reward_text(tok, p, r) for p, r in zip(pairs.prompt, pairs.chosen)]
+    old = tok(texts, add_special_tokens=False)["input_ids"]
+    assert rm._processed(tok, pairs)["chosen_ids"] == old
+    assert _scored_ids(model, tok, pairs.prompt, pairs.chosen) == old
+
+
+def test_seed_only_seeds_a_new_head(base, tmp_path):
+    """load_reward_model: a base LM gets a new head drawn under ``seed``; a saved reward model keeps
+    its trained head whatever the seed (the docstring says so)."""
+    path, tok = base
+    pairs = _small_pairs()
+    a, b = rm.load_reward_model(path, tok, seed=0), rm.load_reward_model(path, tok, seed=1)
+    assert not torch.equal(rm.score(a, tok, pairs.prompt, pairs.chosen), rm.score(b, tok, pairs.prompt, pairs.chosen))
+    a.save_pretrained(tmp_path / "rm")
+    trained = rm.score(a.eval(), tok, pairs.prompt, pairs.chosen)
+    for seed in (0, 7):
+        back = rm.load_reward_model(str(tmp_path / "rm"), tok, seed=seed).eval()
+        assert torch.equal(rm.score(back, tok, pairs.prompt, pairs.chosen), trained)
+    assert "new, seeded head" not in rm.load_reward_model.__doc__
+
+
+def test_scoring_refuses_pad_equal_to_eos(base):
+    path, tok = base
+    model = rm.load_reward_model(path, tok, seed=0)
+    same = lm.load_tokenizer(path)
+    same.pad_token = same.eos_token
+    with pytest.raises(ValueError, match=r"pad token .*must differ from eos") as err:
+        rm.score(model, same, ["the movie"], [" was great ."])
+    assert "add_special_tokens" in str(err.value) and "to eos" not in str(err.value)

@@ -53,7 +53,29 @@ TINY.update({
                     "base_layers": 1, "pretrain_steps": 4, "min_steps": 2},
     "tulu_align": {"seed": 0, "methods": ["single", "maxmin"], "steps": 1, "batch_size": 4, "mini_batch_size": 2,
                    "ppo_epochs": 1, "lr": 0.001, "kl_coef": 0.05, "n_standardise": 4, "n_prompts": 0, "lora_r": 4,
-                   "lora_alpha": 8, "lora_dropout": 0.05, "gradient_checkpointing": False, "n_boot": 100},
+                   "lora_alpha": 8, "gradient_checkpointing": False, "n_boot": 100},
 })
 # the Tulu2 stages in order; each also takes the shared `tulu2` section
 TULU_CHAIN = [("tulu_reward", "13_tulu2_reward.ipynb"), ("tulu_align", "14_tulu2_align.ipynb")]
+
+
+# ---- tiny tokenizers with the special-token behaviour of the real ones (no hub)
+_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,?!:;'-\n<|>")
+
+
+def tiny_llama_tokenizer():
+    """A character-level ``LlamaTokenizer`` that, like Llama 2 / Tulu2's, puts <s> (BOS) first and
+    adds no EOS (``add_special_tokens=True``); </s> in a text is the EOS token; pad <pad> ≠ EOS."""
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{c: i + 4 for i, c in enumerate(["▁"] + _CHARS)}}
+    return LlamaTokenizer(vocab=vocab, merges=[], pad_token="<pad>", add_bos_token=True, add_eos_token=False)
+
+
+def tiny_gpt2_tokenizer():
+    """A byte-level ``GPT2Tokenizer`` (GPT-2's special-token behaviour: nothing added, no BOS) with a
+    pad token <pad> ≠ EOS <|endoftext|>, as :func:`pluralign.lm.load_tokenizer` gives it."""
+    from transformers import GPT2Tokenizer
+
+    vocab = {"<|endoftext|>": 0, "<pad>": 1, **{c: i + 2 for i, c in enumerate(["Ġ", "Ċ"] + _CHARS)}}
+    return GPT2Tokenizer(vocab=vocab, merges=[], pad_token="<pad>")

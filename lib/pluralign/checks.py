@@ -263,7 +263,6 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "n_prompts": integer(0, 10_000_000),            # 0 = every prompt in the file
         "lora_r": integer(1, 1024),
         "lora_alpha": positive,
-        "lora_dropout": number(0.0, 1.0),
         "gradient_checkpointing": boolean,
         "n_boot": integer(100, 1_000_000),
     },

@@ -2,8 +2,9 @@
 
 Settings from the authors' code (shared/PAPERS.md): reward models are one-output sequence
 classifiers with LoRA r=8, α=32, dropout 0.1 (peft's default targets for Llama: q_proj, v_proj)
-and a fully trained ``score`` head; the policy is a causal LM with LoRA r=16, α=32, dropout 0.05.
-The `cpu` profile runs everything on :func:`tiny_llama`, a Llama-architecture stand-in.
+and a fully trained ``score`` head; the policy is a causal LM with LoRA r=16, α=32 (the authors'
+dropout 0.05 is dropped: see below).  The `cpu` profile runs everything on :func:`tiny_llama`, a
+Llama-architecture stand-in.
 
 K reward models share ONE base in memory: a peft model with K named adapters (``rm0`` …), each
 with its own LoRA weights and its own copy of the score head; ``set_adapter`` picks the model.
@@ -12,9 +13,22 @@ and :class:`pluralign.maxmin_ppo.GroupRewards` take them unchanged.
 
 TRL's RewardTrainer trains a ``PeftModel`` as given (only the active adapter's parameters
 require grad, so only they move; no ``peft_config`` needed).  Two of its defaults matter here:
-``RewardConfig.disable_dropout=True`` sets every ``nn.Dropout`` to p=0, LoRA dropout included,
-and ``bf16=True`` (off in :func:`pluralign.reward_models.train_reward_model`, which also removes
-the autocast wrapper the Trainer leaves on ``model.forward``).
+``RewardConfig.disable_dropout=True`` sets every ``nn.Dropout`` to p=0, LoRA dropout included
+(:func:`pluralign.reward_models.train_reward_model` gives the LoRA dropouts their p back, so
+tulu_reward.lora_dropout acts on the adapter input while the backbone's dropout stays off), and
+``bf16=True`` (off there, which also removes the autocast wrapper the Trainer leaves on
+``model.forward``).
+
+Dropout, per stage.  Reward training: LoRA dropout on (p = tulu_reward.lora_dropout, the authors'
+0.1), backbone dropout off (TRL's disable_dropout; Llama has none anyway).  PPO: none.  Our PPO,
+like TRL's, keeps the policy in eval mode, because the ratio π_θ/π_old must compare one function
+at two parameter values: dropout in the update (and not in the rollout, or drawn afresh) would
+make ρ ≠ 1 before any step, by noise alone.  A policy LoRA dropout could therefore never act, so
+the policy has none (``lora_dropout=0``) and tulu_align has no lora_dropout parameter.
+
+One MaxMin-PPO run (scripts/tulu2_ppo.py, and benchmarks/bench_tulu_7b.py at 7B) builds its
+models with :func:`ppo_models`: the LoRA policy and the K reward adapters on ONE copy of the base
+in memory (:func:`share_backbone`) whenever both use the same full-precision base.
 """
 from __future__ import annotations
 
@@ -26,8 +40,8 @@ from .preferences import PreferencePairs
 from .reward_models import pair_margins, train_reward_model
 
 __all__ = ["tiny_llama", "reward_lora_config", "policy_lora_config", "lora_reward_model", "lora_policy",
-           "checkpoint_layers", "share_backbone", "AdapterView", "LoraRewardMixture", "save_reward_adapters",
-           "load_reward_adapters"]
+           "checkpoint_layers", "share_backbone", "shared_classifier", "ppo_models", "backbone_shared", "AdapterView",
+           "LoraRewardMixture", "save_reward_adapters", "load_reward_adapters"]
 
 
 def tiny_llama(tokenizer, hidden_size: int = 64, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
@@ -52,10 +66,11 @@ def reward_lora_config(r: int = 8, alpha: int = 32, dropout: float = 0.1, target
                       target_modules=target_modules, modules_to_save=["score"])
 
 
-def policy_lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
+def policy_lora_config(r: int = 16, alpha: int = 32, target_modules=None):
+    """The policy's LoRA: no dropout (PPO runs the policy in eval mode; see the module docstring)."""
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=0.0,
                       target_modules=target_modules, bias="none")
 
 
@@ -106,9 +121,11 @@ def _load_base(auto_cls, base_path: str, tokenizer, dtype, load_in_bits, **kwarg
 def lora_reward_model(base_path: str, tokenizer, r: int = 8, alpha: int = 32, dropout: float = 0.1,
                       dtype=torch.float32, load_in_bits: int | None = None, target_modules=None,
                       adapter_name: str = "default", seed: int = 0):
-    """A LoRA reward model: ``AutoModelForSequenceClassification`` (num_labels=1, new head seeded
-    by ``seed``) on the base at ``base_path``, wrapped by peft with the head in modules_to_save.
-    ``load_in_bits`` 8 or 4 loads the base through bitsandbytes (GPU only)."""
+    """A LoRA reward model: ``AutoModelForSequenceClassification`` (num_labels=1) on the base at
+    ``base_path``, wrapped by peft with the head in modules_to_save.  The head is new, drawn under
+    ``seed``, when ``base_path`` is a base LM (it has none); a saved classifier's own head is loaded
+    and ``seed`` then only seeds the LoRA initialisation.  ``load_in_bits`` 8 or 4 loads the base
+    through bitsandbytes (GPU only)."""
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification
 
@@ -117,21 +134,28 @@ def lora_reward_model(base_path: str, tokenizer, r: int = 8, alpha: int = 32, dr
     return get_peft_model(base, reward_lora_config(r, alpha, dropout, target_modules), adapter_name=adapter_name)
 
 
-def lora_policy(base_path: str, tokenizer, r: int = 16, alpha: int = 32, dropout: float = 0.05,
-                gradient_checkpointing: bool = False, dtype=torch.float32, load_in_bits: int | None = None,
-                target_modules=None, seed: int = 0):
-    """A LoRA causal-LM policy for :class:`pluralign.ppo.PPO` (reference = adapters disabled).
-    The LoRA B matrices start at zero, so the policy starts as the base."""
+def _wrap_policy(base, r: int, alpha: int, gradient_checkpointing: bool, target_modules, seed: int):
+    """peft-wrap a loaded causal LM as the policy; the LoRA initialisation is drawn under ``seed``."""
     from peft import get_peft_model
+
+    torch.manual_seed(seed)  # the same LoRA A whatever loading the base drew from the generator
+    model = get_peft_model(base, policy_lora_config(r, alpha, target_modules))
+    if gradient_checkpointing:
+        checkpoint_layers(model)
+    return model.eval()
+
+
+def lora_policy(base_path: str, tokenizer, r: int = 16, alpha: int = 32, gradient_checkpointing: bool = False,
+                dtype=torch.float32, load_in_bits: int | None = None, target_modules=None, seed: int = 0):
+    """A LoRA causal-LM policy for :class:`pluralign.ppo.PPO` (reference = adapters disabled).
+    The LoRA B matrices start at zero, so the policy starts as the base.  No LoRA dropout: PPO runs
+    the policy in eval mode, where it could not act (module docstring)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     base = _load_base(AutoModelForCausalLM, base_path, tokenizer, dtype, load_in_bits)
     base.generation_config.pad_token_id = tokenizer.pad_token_id
-    model = get_peft_model(base, policy_lora_config(r, alpha, dropout, target_modules))
-    if gradient_checkpointing:
-        checkpoint_layers(model)
-    return model.eval()
+    return _wrap_policy(base, r, alpha, gradient_checkpointing, target_modules, seed)
 
 
 def checkpoint_layers(model) -> int:
@@ -198,6 +222,15 @@ def _score_head(model, name: str):
     return model.base_model.model.score.modules_to_save[name]
 
 
+def _seed_heads(model, names, seed: int) -> None:
+    """Distinct seeded score heads (private generators), as NeuralRewardMixture seeds seed·100 + k."""
+    std = model.config.initializer_range
+    with torch.no_grad():
+        for k, name in enumerate(names):
+            head = _score_head(model, name).weight
+            head.copy_(torch.randn(head.shape, generator=torch.Generator().manual_seed(seed * 100 + k)) * std)
+
+
 class LoraRewardMixture:
     """K LoRA reward models on one shared base (adapters ``rm0`` … ``rm{K-1}``) behind the EM
     interface of :class:`pluralign.reward_models.NeuralRewardMixture`: ``K``,
@@ -218,11 +251,7 @@ class LoraRewardMixture:
                                        adapter_name=self.names[0], seed=seed)
         for name in self.names[1:]:
             self.model.add_adapter(name, reward_lora_config(r, alpha, dropout))
-        std = self.model.config.initializer_range
-        with torch.no_grad():  # distinct seeded heads, as NeuralRewardMixture seeds seed·100 + k
-            for k, name in enumerate(self.names):
-                head = _score_head(self.model, name).weight
-                head.copy_(torch.randn(head.shape, generator=torch.Generator().manual_seed(seed * 100 + k)) * std)
+        _seed_heads(self.model, self.names, seed)
         self.models = [AdapterView(self.model, n) for n in self.names]
         self.train_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length)
         self.seed, self.n_fits = seed, 0
@@ -287,9 +316,119 @@ def load_reward_adapters(base_path: str, tokenizer, adapter_dirs, dtype=torch.fl
     if not adapter_dirs:
         raise ValueError("need at least one reward adapter folder")
     base = _load_base(AutoModelForSequenceClassification, base_path, tokenizer, dtype, load_in_bits, num_labels=1)
-    model = PeftModel.from_pretrained(base, str(adapter_dirs[0]), adapter_name="rm0", is_trainable=False)
-    for k, d in enumerate(adapter_dirs[1:], 1):
-        model.load_adapter(str(d), adapter_name=f"rm{k}", is_trainable=False)
+    return _reward_adapters(base, list(adapter_dirs))
+
+
+def _reward_adapters(classifier, rewards, r: int = 8, alpha: int = 32, dropout: float = 0.1,
+                     seed: int = 0) -> list[AdapterView]:
+    """Reward adapters ``rm0`` … on one sequence classifier, frozen and in eval mode: loaded from
+    the folders ``rewards``, or ``rewards`` = K fresh ones (LoRA r, α, dropout; seeded heads)."""
+    from peft import PeftModel, get_peft_model
+
+    if isinstance(rewards, int):
+        if rewards < 1:
+            raise ValueError(f"need at least one reward adapter, got K={rewards}")
+        names = [f"rm{k}" for k in range(rewards)]
+        model = get_peft_model(classifier, reward_lora_config(r, alpha, dropout), adapter_name=names[0])
+        for name in names[1:]:
+            model.add_adapter(name, reward_lora_config(r, alpha, dropout))
+        _seed_heads(model, names, seed)
+    else:
+        if not rewards:
+            raise ValueError("need at least one reward adapter folder")
+        names = [f"rm{k}" for k in range(len(rewards))]
+        model = PeftModel.from_pretrained(classifier, str(rewards[0]), adapter_name=names[0], is_trainable=False)
+        for name, d in zip(names[1:], rewards[1:]):
+            model.load_adapter(str(d), adapter_name=name, is_trainable=False)
     model.requires_grad_(False)
     model.eval()
-    return [AdapterView(model, f"rm{k}") for k in range(len(adapter_dirs))]
+    return [AdapterView(model, name) for name in names]
+
+
+def shared_classifier(policy_base, tokenizer=None, seed: int = 0):
+    """A one-output ``AutoModelForSequenceClassification`` of ``policy_base``'s architecture whose
+    backbone IS ``policy_base``'s (:func:`share_backbone`; built on the meta device, so no second
+    copy is ever allocated), with a new ``score`` head (drawn from a private generator under
+    ``seed``) on the base's device and dtype.  Call before peft-wrapping ``policy_base``; once it
+    is shared, do not ``.to()`` either model to another device (that would copy the tensors)."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    p = next(policy_base.parameters())
+    config = copy.deepcopy(policy_base.config)
+    config.num_labels = 1
+    if tokenizer is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    with torch.device("meta"):
+        rm = AutoModelForSequenceClassification.from_config(config, dtype=p.dtype)
+    share_backbone(rm, policy_base)
+    old = rm.score
+    rm.score = torch.nn.Linear(old.in_features, old.out_features, bias=old.bias is not None, device=p.device,
+                               dtype=p.dtype)
+    with torch.no_grad():
+        w = torch.randn(rm.score.weight.shape, generator=torch.Generator().manual_seed(seed))
+        rm.score.weight.copy_(w * config.initializer_range)
+        if rm.score.bias is not None:
+            rm.score.bias.zero_()
+    left = [n for n, t in [*rm.named_parameters(), *rm.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"shared_classifier: {left[:3]} … are still on the meta device")
+    return rm
+
+
+def ppo_models(base, tokenizer, rewards, r: int = 16, alpha: int = 32, gradient_checkpointing: bool = False,
+               dtype=torch.float32, load_in_bits: int | None = None, target_modules=None, seed: int = 0,
+               reward_base: str | None = None, device=None, reward_r: int = 8, reward_alpha: int = 32,
+               reward_dropout: float = 0.1):
+    """The models of one MaxMin-PPO run: (LoRA policy, [AdapterView] reward models).
+
+    The one builder of scripts/tulu2_ppo.py and benchmarks/bench_tulu_7b.py, so that the benchmark
+    measures what the script runs.  ``base``: the policy base, a path / hub id (loaded with
+    ``dtype`` / ``load_in_bits``) or an already built causal LM (the benchmark's random 7B).
+    ``rewards``: saved reward adapter folders (the script) or an int K, K fresh adapters (LoRA
+    ``reward_r`` / ``reward_alpha`` / ``reward_dropout``, seeded heads: the benchmark).
+
+    The reward adapters sit on a sequence classifier whose backbone is the policy base's own tensors
+    (:func:`shared_classifier`) — one copy of the frozen base serves the policy, the reference
+    (adapters disabled) and the K reward models — when ``reward_base`` is None or ``base`` and the
+    base is full precision.  A different ``reward_base``, or a bitsandbytes base (quantised tensors
+    carry extra state the meta model lacks), loads the reward base separately
+    (:func:`load_reward_adapters`' path).  Either way the reward models give the same scores.
+    ``device``: where a full-precision base goes, before any sharing (bitsandbytes places it itself).
+    The policy equals :func:`lora_policy`'s for the same arguments."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if isinstance(rewards, bool) or not isinstance(rewards, (int, list, tuple)):
+        raise TypeError(f"rewards must be adapter folders or a number of fresh adapters, got {rewards!r}")
+    torch.manual_seed(seed)
+    if isinstance(base, str):
+        policy_base = _load_base(AutoModelForCausalLM, base, tokenizer, dtype, load_in_bits)
+    else:
+        policy_base = base
+    policy_base.generation_config.pad_token_id = tokenizer.pad_token_id
+    if device is not None and load_in_bits is None:
+        policy_base.to(device)  # before sharing: moving a shared model later would copy its tensors
+    share = load_in_bits is None and (reward_base is None or reward_base == base)
+    if share:
+        classifier = shared_classifier(policy_base, tokenizer, seed=seed)
+    else:
+        if reward_base is None and not isinstance(base, str):
+            raise ValueError("a reward base that cannot share the policy's tensors needs a path: pass reward_base")
+        classifier = _load_base(AutoModelForSequenceClassification, reward_base or base, tokenizer, dtype,
+                                load_in_bits, num_labels=1)
+        if device is not None and load_in_bits is None:
+            classifier.to(device)
+    views = _reward_adapters(classifier, rewards if isinstance(rewards, int) else list(rewards),
+                             reward_r, reward_alpha, reward_dropout, seed)
+    policy = _wrap_policy(policy_base, r, alpha, gradient_checkpointing, target_modules, seed)
+    return policy, views
+
+
+def backbone_shared(policy, reward_models) -> bool:
+    """Whether every backbone tensor of the reward models' classifier is one of the policy base's
+    (same storage): one copy of the base in memory."""
+    ptrs = {p.data_ptr() for n, p in policy.get_base_model().named_parameters() if "lora_" not in n}
+    rm = reward_models[0].model.get_base_model()
+    backbone = [p for n, p in getattr(rm, rm.base_model_prefix).named_parameters() if "lora_" not in n]
+    return bool(backbone) and all(p.data_ptr() in ptrs for p in backbone)

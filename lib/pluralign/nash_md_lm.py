@@ -361,7 +361,8 @@ class NashMD:
     def __init__(self, model, tokenizer, config: NashMDConfig | None = None, ref_model=None):
         self.config = cfg = config if config is not None else NashMDConfig()
         if tokenizer.pad_token_id is None:
-            raise ValueError("tokenizer.pad_token_id is None; set tokenizer.pad_token (e.g. to eos_token)")
+            raise ValueError("tokenizer.pad_token_id is None; add a distinct pad token "
+                             "(tokenizer.add_special_tokens({'pad_token': '<pad>'})): pad must differ from eos")
         if tokenizer.eos_token_id is None:
             raise ValueError("tokenizer.eos_token_id is None; the tokenizer needs an eos_token")
         self.is_peft = _is_peft(model)

@@ -12,7 +12,9 @@ Pair text: ``prompt + response_a + eos + response_b + eos``.  The eos token is t
 because the `cpu` profile's word-level tokenizer maps any marker word it has not seen (``A:``,
 ``[SEP]``) to <unk>; eos is in every tokenizer.  The classifier's logit f(x, a, b) is
 antisymmetrised, P(a ≻ b | x) = σ((f(x, a, b) − f(x, b, a)) / 2), so that P(a ≻ b) + P(b ≻ a) = 1
-and P(a ≻ a) = ½ hold by construction, whatever the network learned.
+and P(a ≻ a) = ½ hold by construction, whatever the network learned.  The pair text is tokenised
+as reward texts are (:func:`pluralign.reward_models.encode`: the tokenizer's own special tokens,
+<s> first for Llama, none for GPT-2).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .preferences import PreferencePairs
-from .reward_models import load_reward_model, score
+from .reward_models import check_pad, encode, load_reward_model, score
 
 __all__ = ["pair_text", "PairwisePreferenceModel", "train_pairwise", "BTPreference",
            "preference_accuracy_by_group"]
@@ -55,17 +57,20 @@ class PairwisePreferenceModel:
     def __init__(self, model, tokenizer):
         if model.config.num_labels != 1:
             raise ValueError(f"a pairwise preference model has one output, got num_labels={model.config.num_labels}")
+        check_pad(tokenizer, "pairwise preference model")
         self.model, self.tokenizer = model, tokenizer
         self.max_length = getattr(model.config, "max_position_embeddings", None)
 
     @classmethod
     def from_base(cls, name_or_path: str, tokenizer, seed: int = 0) -> "PairwisePreferenceModel":
-        """Backbone of the base policy at ``name_or_path`` with a new, seeded one-output head."""
+        """One-output classifier from ``name_or_path``: a base policy's backbone gets a new head drawn
+        under ``seed``; a saved classifier keeps its trained head (``seed`` then has no effect; use
+        :meth:`from_pretrained` for a saved preference model)."""
         return cls(load_reward_model(name_or_path, tokenizer, seed=seed), tokenizer)
 
     def f(self, texts: list[str]) -> torch.Tensor:
         """Raw classifier logit of each pair text: (B,).  Gradients flow unless disabled."""
-        enc = self.tokenizer(texts, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+        enc = encode(self.tokenizer, texts, padding=True, padding_side="right", return_tensors="pt")
         if self.max_length is not None and enc["input_ids"].shape[1] > self.max_length:
             raise ValueError(f"pair text of {enc['input_ids'].shape[1]} tokens exceeds the model's "
                              f"{self.max_length} positions")

@@ -42,6 +42,7 @@ __all__ = [
     "truncate_after_eos",
     "Rollout",
     "PPO",
+    "load_value_head",
 ]
 
 
@@ -269,12 +270,18 @@ class PPO:
     :class:`ValueHead` on the last hidden state; one AdamW (no weight decay) over the trainable
     parameters of the policy and the head.  ``torch.manual_seed(config.seed)`` is called here (sampling uses the
     global generator); minibatch shuffles use a private generator seeded likewise.  Dropout is
-    off throughout (the model is kept in eval mode), so old and new log-probs are one function."""
+    off throughout (the model is kept in eval mode, as TRL's PPO disables dropout), so old and new
+    log-probs are one function: with dropout on, ρ = π_θ/π_old would differ from 1 even before
+    the first update, by noise alone, and the clipping would act on that noise.  (For that reason
+    the Tulu2 policy's LoRA has no dropout at all: :func:`pluralign.lora.lora_policy`.)"""
 
     def __init__(self, model, tokenizer, config: PPOConfig | None = None, ref_model=None):
         self.config = cfg = config if config is not None else PPOConfig()
         if tokenizer.pad_token_id is None:
-            raise ValueError("tokenizer.pad_token_id is None; set tokenizer.pad_token (e.g. to eos_token)")
+            raise ValueError("tokenizer.pad_token_id is None; add a pad token distinct from eos, e.g. "
+                             "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings "
+                             "(pluralign.lm.load_tokenizer adds it): PPO itself copes with pad = eos, but the reward "
+                             "and pairwise models pool at the last non-pad token and need pad ≠ eos")
         if tokenizer.eos_token_id is None:
             raise ValueError("tokenizer.eos_token_id is None; the tokenizer needs an eos_token")
         self.is_peft = _is_peft(model)
@@ -394,9 +401,30 @@ class PPO:
 
     def save_pretrained(self, path) -> None:
         """TRL layout: the policy (adapter only for a PeftModel) and tokenizer via
-        ``save_pretrained``, plus ``value_head.pt`` (the head's state dict)."""
+        ``save_pretrained``, plus ``value_head.safetensors`` (the head's state dict; no pickle, like
+        the rest).  :func:`load_value_head` reads it back."""
+        from safetensors.torch import save_file
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        torch.save(self.value_head.state_dict(), path / "value_head.pt")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()},
+                  str(path / VALUE_HEAD_FILE))
+
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def load_value_head(path, device=None) -> ValueHead:
+    """The :class:`ValueHead` that :meth:`PPO.save_pretrained` wrote to ``path`` (its folder), in the
+    saved dtype, on ``device`` (default CPU)."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / VALUE_HEAD_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"no {VALUE_HEAD_FILE} in {path} (written by PPO.save_pretrained)")
+    state = load_file(str(file), device=str(device) if device is not None else "cpu")
+    head = ValueHead(state["summary.weight"].shape[1]).to(state["summary.weight"].dtype)
+    head.load_state_dict(state)
+    return head.to(device) if device is not None else head

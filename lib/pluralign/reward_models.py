@@ -3,7 +3,12 @@ that lets the EM kernel (:mod:`pluralign.em`) cluster users with neural M-steps.
 
 A reward model is a ``*ForSequenceClassification`` with one output, reading
 ``prompt + response + eos`` (TRL's standard-format convention) and pooled at the last non-pad
-token.  It is initialised from the base policy's backbone, as in the paper's GPT-2 experiment.
+token (so pad must differ from eos).  It is initialised from the base policy's backbone, as in
+the paper's GPT-2 experiment.
+
+Tokenisation is TRL 1.16 RewardTrainer's, for training and for scoring alike: the text above
+through ``tokenizer(text)`` with the tokenizer's own special tokens, i.e. <s> first for a Llama /
+Tulu2 tokenizer, nothing added for GPT-2's (and for the `cpu` profile's word-level tokenizer).
 """
 from __future__ import annotations
 
@@ -15,17 +20,38 @@ import torch.nn.functional as F
 
 from .preferences import PreferencePairs
 
-__all__ = ["reward_text", "load_reward_model", "train_reward_model", "score", "pair_margins",
+__all__ = ["reward_text", "check_pad", "encode", "load_reward_model", "train_reward_model", "score", "pair_margins",
            "accuracy_by_group", "NeuralRewardMixture"]
 
 
 def reward_text(tokenizer, prompt: str, response: str) -> str:
-    """The text a reward model reads: prompt + response + eos (as RewardTrainer builds it)."""
-    return prompt + response + tokenizer.eos_token
+    """The text a reward model reads: prompt + response + eos, eos appended unless the text already
+    ends with it (as RewardTrainer builds it); special tokens such as BOS come from :func:`encode`."""
+    text = prompt + response
+    return text if text.endswith(tokenizer.eos_token) else text + tokenizer.eos_token
+
+
+def check_pad(tokenizer, what: str = "reward model") -> None:
+    """Sequence classifiers pool at the last non-pad token: with pad == eos that is the token before
+    the final eos.  Refuse it with the fix (a distinct pad token) rather than score the wrong token."""
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError(
+            f"{what}: the tokenizer's pad token ({tokenizer.pad_token!r}) must differ from eos "
+            f"({tokenizer.eos_token!r}): the classifier pools at the last non-pad token; add a distinct one, "
+            "tokenizer.add_special_tokens({'pad_token': '<pad>'}), and resize the model's embeddings "
+            "(pluralign.lm.load_tokenizer does the first)")
+
+
+def encode(tokenizer, texts: list[str], **kwargs):
+    """Token ids of reward / pairwise texts as TRL's RewardTrainer makes them: ``tokenizer(text)``
+    with the tokenizer's own special tokens (BOS for Llama; none for GPT-2)."""
+    return tokenizer(texts, **kwargs)
 
 
 def load_reward_model(name_or_path: str, tokenizer, seed: int = 0):
-    """A one-output sequence classifier on the backbone at ``name_or_path`` (new, seeded head)."""
+    """A one-output sequence classifier from ``name_or_path``.  From a base LM the ``score`` head is
+    new, drawn under ``seed``; from a saved reward model (its ``save_pretrained``) the trained head is
+    loaded and ``seed`` has no effect."""
     from transformers import AutoModelForSequenceClassification
 
     from .lm import check_source
@@ -43,7 +69,7 @@ def _processed(tokenizer, pairs: PreferencePairs):
 
     def ids(resps):
         texts = [reward_text(tokenizer, p, r) for p, r in zip(pairs.prompt, resps)]
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return encode(tokenizer, texts)["input_ids"]
 
     return Dataset.from_dict({"chosen_ids": ids(pairs.chosen), "rejected_ids": ids(pairs.rejected)})
 
@@ -57,7 +83,14 @@ def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float =
     TRL 1.16's RewardConfig defaults to bf16 autocast and gradient checkpointing; both are off
     here unless asked for (fp32 on CPU is faster for small models and keeps scores exact), and
     the autocast wrapper the Trainer leaves on ``model.forward`` is removed after training so that
-    later scoring runs in the model's own dtype (and warm starts do not stack wrappers)."""
+    later scoring runs in the model's own dtype (and warm starts do not stack wrappers).
+
+    Dropout: RewardConfig's ``disable_dropout=True`` (kept) sets every ``nn.Dropout`` to p=0, which
+    would silence the LoRA dropout of a peft model too.  The LoRA dropouts get their configured p
+    back right after the Trainer is built, so the adapter input is dropped out during training as
+    the LoRA config (tulu_reward.lora_dropout) says, while the backbone's dropout stays off (TRL's
+    convention for reward training; GPT-2's backbone has some, Llama's none).  Plain (non-LoRA)
+    models, e.g. the GPT-2 stages' reward models, train exactly as before."""
     from accelerate.utils import extract_model_from_parallel
     from transformers.utils import logging as hf_logging
     from trl import RewardConfig, RewardTrainer
@@ -72,8 +105,12 @@ def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float =
                             use_cpu=not torch.cuda.is_available(), bf16=bf16, fp16=False,
                             gradient_checkpointing=gradient_checkpointing, disable_tqdm=True, lr_scheduler_type="constant",
                             dataloader_num_workers=0, remove_unused_columns=True)
+        lora_p = {m: m.p for n, m in model.named_modules()
+                  if isinstance(m, torch.nn.Dropout) and ".lora_dropout." in f".{n}."}
         trainer = RewardTrainer(model=model, args=args, train_dataset=_processed(tokenizer, pairs),
                                 processing_class=tokenizer)
+        for m, p in lora_p.items():  # disable_dropout zeroed these too: the adapters keep theirs
+            m.p = p
         result = trainer.train()
     extract_model_from_parallel(model, keep_fp32_wrapper=False)  # drop the Trainer's autocast wrapper, if any
     model.eval()
@@ -82,14 +119,15 @@ def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float =
 
 @torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 256) -> torch.Tensor:
-    """Reward of each (prompt, response): (B,)."""
+    """Reward of each (prompt, response): (B,), tokenised as the model was trained (:func:`encode`)."""
+    check_pad(tokenizer)
     texts = [reward_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i : i + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
+            enc = encode(tokenizer, texts[i : i + batch_size], padding=True, return_tensors="pt")
             device = getattr(model, "device", None)  # transformers models have one; plain modules may not
             out.append(model(**(enc.to(device) if device is not None else enc)).logits[:, 0].float().cpu())
     finally:
