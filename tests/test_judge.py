@@ -107,16 +107,34 @@ def test_rule_judge_reads_the_standin_traits():
     simple = "the dog and the cat play in the sun ."
     expert = "the thermodynamics of electromagnetic interferometry is probabilistic ."
     long = " ".join([simple] * 4)
-    j = J.RuleJudge()
+    j = J.RuleJudge(rules="standin")
     assert J.judge_pair(j, "q", simple, expert, J.CRITERIA["P1A"]) == "A"
     assert J.judge_pair(j, "q", simple, expert, J.CRITERIA["P1B"]) == "B"
     assert J.judge_pair(j, "q", simple, long, "P2A") == "A"  # a dimension name works too
     assert J.judge_pair(j, "q", simple, long, J.CRITERIA["P2B"]) == "B"
     assert J.judge_pair(j, "q", simple, simple, J.CRITERIA["P2B"]) == "tie"
-    assert J.RuleJudge(margin=0.9).compare("q", simple, expert, "P1A") == "tie"
+    assert J.RuleJudge(margin=0.9, rules="standin").compare("q", simple, expert, "P1A") == "tie"
     assert J.judge_pair(j, "q", "hey friend ! " + simple, "ugh , whatever . " + simple, "P3A") == "A"
     with pytest.raises(ValueError, match="knows only the soups criteria"):
         j.compare("q", simple, expert, "Prefer the funnier one.")
+
+
+def test_rule_judge_on_real_text_reads_readability_and_length():
+    simple = "The sun is hot. Dogs like to run. We can play in the park."
+    expert = ("Photosynthetic carbon fixation proceeds predominantly through ribulose-1,5-bisphosphate "
+              "carboxylase/oxygenase, whose catalytic inefficiency necessitates considerable enzymatic abundance.")
+    long = " ".join([simple] * 5)
+    j = J.RuleJudge()
+    assert j.describe()["rules"] == "text"
+    assert J.judge_pair(j, "q", simple, expert, J.CRITERIA["P1A"]) == "A"   # lower grade wins
+    assert J.judge_pair(j, "q", simple, expert, "P1B") == "B"               # higher grade wins
+    assert J.judge_pair(j, "q", simple, long, "P2A") == "A"                 # fewer words win
+    assert J.judge_pair(j, "q", simple, long, J.CRITERIA["P2B"]) == "B"
+    assert J.judge_pair(j, "q", long, long, "P2B") == "tie"
+    with pytest.raises(ValueError, match="has no text rule"):
+        j.compare("q", simple, expert, "P3A")
+    with pytest.raises(ValueError, match="rules must be one of"):
+        J.RuleJudge(rules="vibes")
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +390,7 @@ def test_judges_describe_themselves_without_the_key(monkeypatch, tiny_judge):
     d = J.OpenAIJudge().describe()
     assert d == {"backend": "openai", "base_url": "https://judge.example/v1", "model": "judge-model"}
     assert "sk-" not in repr(J.OpenAIJudge()) and "pw" not in repr(J.OpenAIJudge())
-    assert J.RuleJudge().describe() == {"backend": "rule", "margin": 0.0}
+    assert J.RuleJudge().describe()["backend"] == "rule" and J.RuleJudge().describe()["margin"] == 0.0
     assert J.TransformersJudge(tiny_judge).describe() == {"backend": "transformers", "model": tiny_judge}
 
 

@@ -199,6 +199,8 @@ def test_accelerate_configs_parse(name, kind, n, monkeypatch):
 PARAMS = """tulu2:
   profile: cpu
   base_model: allenai/tulu-2-7b
+  raw_data: data/raw
+  pairs: alpaca_eval
   soups_path: ""
   soups_pattern: "{dim}.json"
   ppo_prompts: ""
@@ -479,3 +481,30 @@ def test_standin_tokenizer_puts_bos_first_once(base):
     q, mask = lm.encode_prompts(tok, ["explain soap .", "the sun"])
     first = [row[m.bool()][:2].tolist() for row, m in zip(q, mask)]
     assert all(f[0] == tok.bos_token_id and f[1] != tok.bos_token_id for f in first)
+
+
+def test_pairs_longer_than_max_length_are_refused_not_dropped(base):
+    path, tok = base
+    pairs = two_group_pairs(n_users=2, per_user=4)
+    long = pairs.subset(torch.arange(pairs.n_pairs))
+    long.chosen[0] = " ".join(["photosynthesis"] * 200)
+    mix = lora.LoraRewardMixture(path, tok, 1, max_length=64, seed=0)
+    with pytest.raises(ValueError, match=r"1 of 8 pairs have a reward text longer than max_length=64 tokens, which "
+                                         r"TRL's RewardTrainer would drop"):
+        mix.fit(long, torch.ones(2, 1, dtype=torch.float64))
+    mix.fit(pairs, torch.ones(2, 1, dtype=torch.float64))
+    assert mix.trained_pairs == [{"rm0": 8}]  # what RewardTrainer really trained on
+
+
+def test_features_are_what_the_score_heads_read(base):
+    path, tok = base
+    pairs = two_group_pairs(n_users=2, per_user=3)
+    mix = lora.LoraRewardMixture(path, tok, 2, seed=0)
+    X = mix.features(pairs.prompt, pairs.chosen, batch_size=4)
+    assert X.shape == (6, 32)
+    w = torch.randn(2, 32, generator=torch.Generator().manual_seed(1)).float()
+    mix.set_heads(w)
+    for k, view in enumerate(mix.models):
+        assert torch.allclose(rm.score(view, tok, pairs.prompt, pairs.chosen), X @ w[k], atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected \(2, hidden\) head weights"):
+        mix.set_heads(w[:1])

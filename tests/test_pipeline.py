@@ -21,7 +21,7 @@ def sh(cmd, cwd):
 def test_dvc_repro_end_to_end_then_noop(root, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for item in ("lib", "notebooks", "scripts", "configs", "dvc.yaml", ".dvcignore"):
+    for item in ("lib", "notebooks", "scripts", "configs", "data/raw", "dvc.yaml", ".dvcignore"):  # data/raw: git-tracked inputs
         src = root / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / item, **({"ignore": shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")} if src.is_dir() else {}))
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY))

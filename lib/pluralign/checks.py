@@ -17,6 +17,7 @@ class ParamError(ValueError):
 
 Rule = Callable[[Any], str | None]
 SOUPS_DIMENSIONS = ("P1A", "P1B", "P2A", "P2B", "P3A", "P3B", "P3C", "P3D")  # the RLPHF files (soups.DIMENSIONS)
+TEXT_DIMENSIONS = ("P1A", "P1B", "P2A", "P2B")  # those with a text rule (tulu_data.trait): readability, length
 ALIGN_METHODS = ("single", "maxmin", "sample_min", "mean", "maxmin_oracle")  # returns the complaint, or None when the value is fine
 
 
@@ -96,6 +97,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "base_model": text,
         "imdb": text,
         "sentiment_model": text,
+        "raw_dir": text,
         "max_new_tokens": integer(1, 512),
         "temperature": positive,
     },
@@ -105,9 +107,13 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "n_val_reviews": integer(1, 100_000),
         "n_prompts_train": integer(1, 1_000_000),
         "n_prompts_test": integer(1, 100_000),
+        "classifier_reviews": integer(100, 1_000_000),
+        "n_test_reviews": integer(10, 1_000_000),
     },
     "pretrain": {
         "seed": integer(0, SEED_MAX),
+        "vocab_size": integer(260, 1_000_000),    # 4 special tokens + 256 bytes at least
+        "passage_sentences": integer(0, 10_000),  # 0 = whole reviews
         "n_layer": integer(1, 96),
         "n_embd": integer(8, 16_384),
         "n_head": integer(1, 256),
@@ -115,6 +121,8 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "batch_size": integer(1, 4096),
         "steps": integer(1, 10_000_000),
         "lr": positive,
+        "dropout": number(0.0, 1.0),
+        "bf16": boolean,
         "n_samples": integer(1, 1_000_000),
     },
     "label": {
@@ -133,6 +141,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "lr": positive,
         "batch_size": integer(1, 4096),
         "em_iterations": integer(1, 1000),
+        "em_init": one_of("split+round_robin", "split", "round_robin", "mixed"),
         "em_restarts": integer(1, 100),
         "oracle_ratios": list_of(number(0.0, lo_open=True), min_len=0),
     },
@@ -213,8 +222,10 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "eval_seed": integer(0),
     },
     "tulu2": {
-        "profile": one_of("cpu", "paper"),
+        "profile": one_of("cpu", "small", "paper"),
         "base_model": text,
+        "raw_data": text,
+        "pairs": one_of("alpaca_eval", "soups"),
         "soups_path": optional_text,
         "soups_pattern": text,
         "ppo_prompts": optional_text,
@@ -234,7 +245,13 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "ratio": number(0.0, lo_open=True),
         "n_users": integer(2, 100_000),
         "test_fraction": number(0.0, 1.0, lo_open=True),
+        "n_pairs": integer(0, 10_000_000),          # 0 = every pair
+        "bt_temperature": positive,
+        "n_ppo_prompts": integer(0, 10_000_000),    # 0 = every Alpaca instruction
+        "ppo_prompt_max_chars": integer(0, 1_000_000),  # 0 = any length
         "K": integer(1, 64),
+        "reward_training": one_of("lora", "head"),
+        "head_l2": number(0.0),
         "lora_r": integer(1, 1024),
         "lora_alpha": positive,
         "lora_dropout": number(0.0, 1.0),
@@ -243,8 +260,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "batch_size": integer(1, 4096),
         "max_length": integer(8, 131_072),
         "em_iterations": integer(1, 1000),
-        "standin_per_dim": integer(2, 1_000_000),
-        "standin_prompts": integer(1, 1_000_000),
+        "vocab_size": integer(264, 1_000_000),      # 4 special tokens + 256 bytes + merges
         "base_hidden": integer(8, 16_384),
         "base_layers": integer(1, 256),
         "pretrain_steps": integer(1, 10_000_000),
@@ -297,6 +313,15 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
                 return "oracle_ratios", p["oracle_ratios"], f"has {r}, which is not one of ratios={p['ratios']}"
     if stage == "tulu2" and p["majority"] == p["minority"]:
         return "minority", p["minority"], "must differ from majority (two groups with one preference are one group)"
+    if stage == "tulu2" and p["pairs"] == "alpaca_eval":
+        for key in ("majority", "minority"):
+            if p[key] not in TEXT_DIMENSIONS:
+                return key, p[key], (f"must be one of {list(TEXT_DIMENSIONS)} with pairs: alpaca_eval (the P3 tone "
+                                     "dimensions have no text rule; use pairs: soups)")
+    if stage == "tulu2" and p["pairs"] == "soups" and not p["soups_path"].strip():
+        return "soups_path", p["soups_path"], "must name the RLPHF files' folder or URL when pairs: soups"
+    if stage == "tulu2" and p["profile"] == "cpu" and p["pairs"] == "soups":
+        return "pairs", p["pairs"], "must be alpaca_eval in the cpu profile (its tiny base is trained on those texts)"
     if stage == "pretrain" and p["n_embd"] % p["n_head"]:
         return "n_head", p["n_head"], f"must divide n_embd={p['n_embd']}"
     if stage == "condorcet" and p["dynamics_eta"] * p["dynamics_tau"] > 1:

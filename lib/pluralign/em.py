@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import math
+
 import torch
 from sklearn.metrics import adjusted_rand_score
 from tqdm import tqdm
@@ -37,7 +39,7 @@ __all__ = [
     "adjusted_rand",
 ]
 
-INITS = ("round_robin", "random", "mixed")
+INITS = ("round_robin", "random", "mixed", "split", "split+round_robin")
 
 
 class RewardMixture(Protocol):
@@ -88,6 +90,30 @@ def initial_assignment(n_users: int, K: int, init: str, generator: torch.Generat
     if init == "random":
         return torch.randint(K, (n_users,), generator=generator)
     raise ValueError(f"init must be 'round_robin' or 'random', got {init!r}")
+
+
+def split_assignment(model: RewardMixture, data) -> torch.Tensor:
+    """(U,) starting clusters from one pooled fit (ours, not the paper's; ``init="split"``).
+
+    Everyone starts in cluster 0 and one M-step fits its reward on all pairs (the other models are
+    left untouched).  The users that this pooled reward explains *worse than a coin* — mean pair
+    log-likelihood below log ½ — are the seed of the other clusters, and at least the worst
+    ⌈U / 2K⌉ users (at most U − 1), dealt to clusters 1 … K−1 from the worst up.  The floor keeps the
+    seed large enough to train a reward on, also when the pooled reward leans towards the minority
+    (then the seed is the majority users it explains worst, which separates the groups as well).  Why: with a small minority, a round-robin or random
+    start puts a few minority users in every cluster, each cluster's reward then learns the
+    majority's trait, and hard EM stops there (it does on the GPT-2 users at 10:1).  A pooled
+    reward is what the minority disagrees with, so its worst-explained users are mostly minority.
+    ``model`` is warm-started by this fit (cluster 0 holds the pooled reward)."""
+    K, U = model.K, data.n_users
+    m_step(model, data, torch.nn.functional.one_hot(torch.zeros(U, dtype=torch.long), K).to(torch.float64))
+    S = user_log_likelihood(model.pair_log_likelihood(data).to(torch.float64), data.user, U)[:, 0]
+    per_pair = S / torch.bincount(data.user, minlength=U).clamp_min(1).to(S.dtype)
+    n_out = min(max(int((per_pair < -math.log(2.0)).sum()), K - 1), U - 1)
+    assign = torch.zeros(U, dtype=torch.long)
+    worst = per_pair.argsort()[:n_out]
+    assign[worst] = 1 + torch.arange(n_out) % (K - 1)
+    return assign
 
 
 def e_step(S: torch.Tensor, soft: bool, log_mix: torch.Tensor) -> torch.Tensor:
@@ -172,8 +198,10 @@ def mixture_em(
 
     make_model: returns a fresh reward mixture (K models) — called once per restart;
     data: comparisons with ``user`` (N,) and ``n_users`` (e.g. :class:`Comparisons`);
-    init: 'round_robin' (one deterministic run), 'random' (n_init random starts) or 'mixed'
-    (round-robin first, then n_init − 1 random starts).  Returns the best restart by final
+    init: 'round_robin' (one deterministic run), 'random' (n_init random starts), 'mixed'
+    (round-robin first, then n_init − 1 random starts), 'split' (one deterministic run from a
+    pooled fit's worst-explained users, :func:`split_assignment`; ours) or 'split+round_robin'
+    (both deterministic runs; n_init is ignored by the deterministic choices).  Returns the best restart by final
     log-likelihood.
     """
     if init not in INITS:
@@ -183,16 +211,17 @@ def mixture_em(
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     gen = torch.Generator().manual_seed(seed)
-    inits = ["round_robin"] if init == "round_robin" else (
-        ["random"] * n_init if init == "random" else ["round_robin"] + ["random"] * (n_init - 1)
-    )
+    inits = {"round_robin": ["round_robin"], "split": ["split"], "random": ["random"] * n_init,
+             "mixed": ["round_robin"] + ["random"] * (n_init - 1), "split+round_robin": ["split", "round_robin"]}[init]
     best = None
     finals, bar = [], tqdm(inits, desc="EM restarts", disable=not progress, leave=False)
     for r, how in enumerate(bar):
         model = make_model()
         if model.K > data.n_users:
             raise ValueError(f"K={model.K} clusters exceeds the {data.n_users} users")
-        a0 = initial_assignment(data.n_users, model.K, how, gen)
+        if how == "split" and model.K == 1:
+            how = "round_robin"  # one cluster: nothing to split
+        a0 = split_assignment(model, data) if how == "split" else initial_assignment(data.n_users, model.K, how, gen)
         resp, hist, changed, conv, n_it = _run_once(model, data, a0, soft, max_iter, tol)
         finals.append(hist[-1])
         if best is None or hist[-1] > best.log_likelihood[-1]:

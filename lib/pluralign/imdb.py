@@ -1,11 +1,16 @@
-"""Real IMDb text for the GPT-2 experiment: prompts cut from reviews, and a byte-level BPE
-tokenizer trained on them.
+"""Real IMDb text for the GPT-2 experiment: the reviews, prompts cut from them, the passages the
+base policy is pretrained on, and a byte-level BPE tokenizer trained on them.
 
-The reviews come from :func:`pluralign.rawdata.imdb` (``<br />`` already stripped).  Nothing here
-reads files or ``params.yaml``; callers pass texts and settings.
+The `cpu` profile's reviews come from :func:`pluralign.rawdata.imdb` (the verified copy in
+``data/raw/``, ``<br />`` already stripped); the `paper` profile's from a hub id or local dataset
+(:func:`load_text_dataset`).  :func:`load_reviews` gives either as ``{"text", "label"}`` records.
+Nothing here reads ``params.yaml``; callers pass locations and settings.
 
 - :func:`make_prompts` — the public re-implementation's prompt rule (marcellobullo/sharedrep-rlhf,
   ``src/helper/imdb_utils.py``: ``pre_processing_imdb`` / ``sample_fragment``), see its docstring.
+- :func:`split_reviews` — a seeded pretraining pool / held-out slice of the train split.
+- :func:`passages` — reviews cut into runs of 1–N whole sentences: the base policy's pretraining
+  documents, each ending with ``<eos>`` (see its docstring for why).
 - :func:`train_bpe_tokenizer` — GPT-2-style byte-level BPE (``tokenizers``) wrapped as a
   ``transformers.PreTrainedTokenizerFast`` with the same special tokens, ids and padding side as
   :func:`pluralign.lm.build_word_tokenizer`, so either tokenizer drops into the rest of the code.
@@ -17,9 +22,129 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["make_prompts", "train_bpe_tokenizer"]
+__all__ = ["make_prompts", "train_bpe_tokenizer", "load_reviews", "load_text_dataset", "one_line", "split_reviews",
+           "sentences", "passages", "first_words"]
 
 _WORD = re.compile(r"\S+")
+# what str.splitlines() breaks at besides \n and \r: 330 train and 226 test reviews hold U+0085
+# (a cp1252 ellipsis read as Latin-1), which would split a review across lines of a text file
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+# a sentence ends at . ! or ? (runs of them, e.g. "..." or "?!"), optionally followed by closing
+# quotes or brackets, where whitespace follows
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that ``str.splitlines`` breaks at replaced by one space, so one
+    review is one line of a text file (``report.write_text_lines`` / ``read_text().splitlines()``)."""
+    return _LINE_BREAKS.sub(" ", text)
+
+
+def load_text_dataset(name_or_path: str, split: str = "train"):
+    """A text dataset by hub id (``stanfordnlp/imdb``, paper profile) or local path: a folder
+    written by ``Dataset.save_to_disk`` or a data file (csv / json / parquet) with a ``text``
+    column.  Returns a ``datasets.Dataset``."""
+    from pathlib import Path
+
+    import datasets
+
+    p = Path(name_or_path)
+    if p.exists():
+        if p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(p))
+            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        elif p.is_file():
+            kind = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}.get(p.suffix.lstrip("."))
+            if kind is None:
+                raise ValueError(f"text dataset file {name_or_path!r} must be .csv, .json, .jsonl or .parquet")
+            ds = datasets.load_dataset(kind, data_files=str(p), split="train")
+        else:
+            ds = datasets.load_dataset(str(p), split=split)
+    elif p.is_absolute() or name_or_path.startswith("."):
+        raise FileNotFoundError(f"text dataset path {name_or_path!r} does not exist")
+    else:
+        ds = datasets.load_dataset(name_or_path, split=split)
+    if "text" not in ds.column_names:
+        raise ValueError(f"text dataset {name_or_path!r} has no 'text' column (has {ds.column_names})")
+    return ds
+
+
+def load_reviews(split: str, root=None, dataset: str | None = None) -> list[dict]:
+    """IMDb reviews of ``split`` ("train" / "test") as ``[{"text": str, "label": int}]`` (label 1 =
+    positive), texts on one line (:func:`one_line`) with ``<br />`` runs replaced by a space.
+
+    ``dataset=None`` (the `cpu` profile): the verified copy in ``root`` (``data/raw``) through
+    :func:`pluralign.rawdata.imdb`, which names a missing or altered file in one line.  Otherwise a
+    hub id or local path (the `paper` profile, e.g. ``stanfordnlp/imdb``) read with
+    :func:`load_text_dataset`; it must have ``text`` and ``label`` columns."""
+    from .rawdata import clean_review, imdb
+
+    if dataset is None:
+        return [{"text": one_line(r["text"]), "label": int(r["label"])} for r in imdb(split, root=root)]
+    ds = load_text_dataset(dataset, split)
+    if "label" not in ds.column_names:
+        raise ValueError(f"text dataset {dataset!r} has no 'label' column (has {ds.column_names})")
+    return [{"text": one_line(clean_review(t)), "label": int(y)} for t, y in zip(ds["text"], ds["label"])]
+
+
+def split_reviews(records: Sequence, n_pool: int, n_held_out: int, seed: int) -> tuple[list, list]:
+    """A seeded random (pool, held-out) split of ``records`` (the IMDb files are sorted by label):
+    ``n_pool`` and ``n_held_out`` distinct records; the held-out ones are drawn first, so they do not
+    change when ``n_pool`` does.  Deterministic for a seed."""
+    if n_pool < 1 or n_held_out < 1:
+        raise ValueError(f"need n_pool >= 1 and n_held_out >= 1, got {n_pool}, {n_held_out}")
+    if n_pool + n_held_out > len(records):
+        raise ValueError(f"{n_pool} + {n_held_out} reviews requested, only {len(records)} available")
+    order = np.random.default_rng(seed).permutation(len(records))
+    held = [records[int(i)] for i in order[:n_held_out]]
+    pool = [records[int(i)] for i in order[n_held_out:n_held_out + n_pool]]
+    return pool, held
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split after every ``.``, ``!`` or ``?`` run (with closing quotes or brackets) that
+    whitespace follows; pieces stripped, empty ones dropped.  A plain rule ("Mr. Smith" splits),
+    enough to cut reviews at sentence ends."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        piece = text[start:m.end()].strip()
+        if piece:
+            out.append(piece)
+        start = m.end()
+    tail = text[start:].strip()
+    return out + [tail] if tail else out
+
+
+def passages(texts: Sequence[str], max_sentences: int, seed: int) -> list[str]:
+    """Every text cut into consecutive runs of k whole sentences, k drawn uniformly from
+    {1, …, ``max_sentences``} for each run (the last run of a text takes what is left);
+    ``max_sentences=0`` keeps each text whole.  Deterministic for a seed.
+
+    Why: the base policy is pretrained on ``<bos> passage <eos>`` (:func:`pluralign.lm.pack_texts`).
+    On whole reviews (median 173 words, ~230 tokens) the model almost never ends a response
+    within a few dozen tokens — a prototype found 93% of its 48-token samples at the cap — so
+    length would be the cut-off, not something the policy chooses, and the minority (who wants
+    concise text) would have nothing to judge.  On passages of a few sentences the model learns
+    to end a response after one or a few sentences, and response length varies by itself."""
+    if max_sentences < 0:
+        raise ValueError(f"max_sentences must be >= 0, got {max_sentences}")
+    if max_sentences == 0:
+        return list(texts)
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in texts:
+        sents = sentences(t)
+        i = 0
+        while i < len(sents):
+            k = int(rng.integers(1, max_sentences + 1))
+            out.append(" ".join(sents[i:i + k]))
+            i += k
+    return out
+
+
+def first_words(texts: Sequence[str], n_words: int) -> list[str]:
+    """Each text cut to its first ``n_words`` whitespace-separated words (joined by single spaces)."""
+    return [" ".join(t.split()[:n_words]) for t in texts]
 
 
 def _cut_words(text: str, k: int) -> str:

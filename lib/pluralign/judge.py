@@ -8,8 +8,10 @@ The GPT-4-era judges the paper used are retired, so the judge is pluggable: anyt
                      first token has the highest next-token logit (deterministic, no sampling)
   OpenAIJudge        an OpenAI-compatible chat-completions endpoint; base URL, model and key come
                      only from PLURALIGN_JUDGE_BASE_URL, PLURALIGN_JUDGE_MODEL, PLURALIGN_JUDGE_API_KEY
-  RuleJudge          the `cpu` profile's stand-in: reads the generated stand-in's known traits
-                     (:func:`pluralign.soups.standin_score`); meaningless on real text
+  RuleJudge          a rule per dimension on real text (:func:`pluralign.tulu_data.trait`): P1
+                     readability (Flesch–Kincaid grade), P2 length (words); the `cpu` and `small`
+                     profiles' judge.  ``rules="standin"`` reads the generated test fixture's
+                     traits instead (:func:`pluralign.soups.standin_score`)
 
 Position bias: :func:`judge_pair` asks twice, the second time with the responses swapped, and a
 response wins only if both orders pick it; disagreement or a tie in either order is a tie.
@@ -429,15 +431,23 @@ class OpenAIJudge:
 
 
 class RuleJudge:
-    """STAND-IN judge for the `cpu` profile: the criterion's soups dimension scored by the
-    generated stand-in's own rules (:func:`pluralign.soups.standin_score`: long-word share,
-    length, tone phrases); "tie" when the two scores differ by at most ``margin``."""
+    """A rule judge: the criterion's dimension scored by a text rule, "tie" when the two scores
+    differ by at most ``margin``.  ``rules="text"`` (default): :func:`pluralign.tulu_data.trait` —
+    P1A / P1B by Flesch–Kincaid grade (lower / higher wins), P2A / P2B by word count (fewer / more
+    wins); the P3 (tone) dimensions have no rule (ValueError).  ``rules="standin"``: the generated
+    soups stand-in's own rules (:func:`pluralign.soups.standin_score`), for the test fixture."""
 
-    def __init__(self, margin: float = 0.0):
-        self.margin = margin
+    RULES = ("text", "standin")
+
+    def __init__(self, margin: float = 0.0, rules: str = "text"):
+        if rules not in self.RULES:
+            raise ValueError(f"RuleJudge rules must be one of {self.RULES}, got {rules!r}")
+        self.margin, self.rules = margin, rules
 
     def describe(self) -> dict:
-        return {"backend": "rule", "margin": float(self.margin)}
+        what = {"text": "P1: Flesch-Kincaid grade (textstat); P2: word count",
+                "standin": "generated stand-in traits"}[self.rules]
+        return {"backend": "rule", "rules": self.rules, "what": what, "margin": float(self.margin)}
 
     @staticmethod
     def dimension(criterion: str) -> str:
@@ -448,11 +458,18 @@ class RuleJudge:
                 return dim
         raise ValueError(f"RuleJudge knows only the soups criteria (pluralign.judge.CRITERIA), not {criterion[:60]!r}")
 
-    def compare(self, prompt, response_a, response_b, criterion) -> str:
-        from .soups import standin_score
+    def score(self, dim: str, text: str) -> float:
+        if self.rules == "standin":
+            from .soups import standin_score
 
+            return standin_score(dim, text)
+        from .tulu_data import trait
+
+        return trait(dim, text)
+
+    def compare(self, prompt, response_a, response_b, criterion) -> str:
         dim = self.dimension(criterion)
-        d = standin_score(dim, response_a) - standin_score(dim, response_b)
+        d = self.score(dim, response_a) - self.score(dim, response_b)
         if not math.isfinite(d) or abs(d) <= self.margin:
             return "tie"
         return "A" if d > 0 else "B"

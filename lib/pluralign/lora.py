@@ -41,7 +41,7 @@ from .reward_models import pair_margins, train_reward_model
 
 __all__ = ["tiny_llama", "reward_lora_config", "policy_lora_config", "lora_reward_model", "lora_policy",
            "checkpoint_layers", "share_backbone", "shared_classifier", "ppo_models", "backbone_shared", "AdapterView",
-           "LoraRewardMixture", "save_reward_adapters", "load_reward_adapters"]
+           "LoraRewardMixture", "save_reward_adapters", "load_reward_adapters", "refuse_too_long", "pooled_features"]
 
 
 def tiny_llama(tokenizer, hidden_size: int = 64, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
@@ -255,6 +255,7 @@ class LoraRewardMixture:
         self.models = [AdapterView(self.model, n) for n in self.names]
         self.train_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length)
         self.seed, self.n_fits = seed, 0
+        self.trained_pairs: list[dict[str, int]] = []  # per fit: {adapter: pairs RewardTrainer trained it on}
         self.model.eval()
 
     def pair_log_likelihood(self, data: PreferencePairs) -> torch.Tensor:
@@ -265,17 +266,40 @@ class LoraRewardMixture:
         if not bool(((resp == 0) | (resp == 1)).all()):
             raise ValueError("LoraRewardMixture takes hard assignments only (run mixture_em with soft=False)")
         owner = resp.argmax(1)[data.user]
+        refuse_too_long(self.tokenizer, data, self.train_kw["max_length"])
+        counts = {}
         for k, name in enumerate(self.names):
             rows = (owner == k).nonzero().flatten()
+            counts[name] = int(rows.numel())  # every one fits max_length, so RewardTrainer drops none
             self.model.set_adapter(name)  # only this adapter requires grad: RewardTrainer moves only it
             # a small cluster (the minority) still gets min_steps updates: `epochs` passes over a few
             # dozen pairs cannot move a warm-started adapter away from the majority it began with
             kw = dict(self.train_kw)
-            if len(rows):
-                kw["epochs"] = max(kw["epochs"], self.min_steps * kw["batch_size"] / len(rows))
+            if not len(rows):  # an empty cluster keeps its adapter (EM's split start fits cluster 0 alone)
+                continue
+            kw["epochs"] = max(kw["epochs"], self.min_steps * kw["batch_size"] / len(rows))
             train_reward_model(self.model, self.tokenizer, data.subset(rows), seed=self.seed + self.n_fits, **kw)
         self.model.set_adapter(self.names[0], inference_mode=True)
+        self.trained_pairs.append(counts)
         self.n_fits += 1
+
+    @torch.no_grad()
+    def features(self, prompts: list[str], responses: list[str], batch_size: int = 16) -> torch.Tensor:
+        """(N, hidden) what the score head of every adapter reads for each (prompt, response): the
+        backbone's last hidden state at the last non-pad token of the reward text, tokenised as
+        for training and scoring (:func:`pluralign.reward_models.score`).  Taken from the first
+        adapter's forward; for adapters whose LoRA B is still zero (``fit_heads``) it is the
+        same for every adapter and the base's.  Texts are batched by length (less padding)."""
+        return pooled_features(self.models[0], self.tokenizer, prompts, responses, batch_size)
+
+    def set_heads(self, weights: torch.Tensor) -> None:
+        """Write (K, hidden) ``weights`` into the K adapters' score heads (no bias: Llama's has none)."""
+        if tuple(weights.shape) != (self.K, _score_head(self.model, self.names[0]).weight.shape[1]):
+            raise ValueError(f"expected ({self.K}, hidden) head weights, got {tuple(weights.shape)}")
+        with torch.no_grad():
+            for k, name in enumerate(self.names):
+                head = _score_head(self.model, name).weight
+                head.copy_(weights[k : k + 1].to(head.dtype))
 
     def state(self):
         """{adapter: {parameter name: tensor copy}} of the LoRA weights and heads."""
@@ -292,6 +316,54 @@ class LoraRewardMixture:
     def save(self, out_dir) -> list[str]:
         """Write each adapter (``save_pretrained``, with its head) to ``out_dir/rm{k}``."""
         return save_reward_adapters(self.model, out_dir, self.names)
+
+
+def refuse_too_long(tokenizer, data: PreferencePairs, max_length: int) -> None:
+    """TRL's RewardTrainer silently drops every pair whose chosen or rejected text is longer than
+    ``max_length`` tokens.  Refuse such pairs instead (one line, with the count and the cure)."""
+    from .tulu_data import too_long
+
+    n = too_long(tokenizer, data, max_length)
+    if n:
+        raise ValueError(f"{n} of {data.n_pairs} pairs have a reward text longer than max_length={max_length} "
+                         "tokens, which TRL's RewardTrainer would drop without a word: cut them first "
+                         "(pluralign.tulu_data.truncate_pairs) or raise max_length")
+
+
+@torch.no_grad()
+def pooled_features(view, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16) -> torch.Tensor:
+    """(N, hidden) float32: the input of ``view``'s score head at the token it pools (the last
+    non-pad token, as transformers' sequence classifiers pick it), for each reward text
+    (:func:`pluralign.reward_models.reward_text`, right-padded as :func:`pluralign.reward_models.score`
+    pads).  ``view``: an :class:`AdapterView`."""
+    from .reward_models import check_pad, encode, reward_text
+
+    check_pad(tokenizer)
+    texts = [reward_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    ids = encode(tokenizer, texts)["input_ids"] if texts else []
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    head = view.model.base_model.model.score
+    grabbed = []
+    hook = head.register_forward_hook(lambda mod, args, out: grabbed.append(args[0].detach()))
+    out = torch.zeros(len(ids), view.model.config.hidden_size, dtype=torch.float32)
+    try:
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            L = max(len(ids[j]) for j in rows)
+            x = torch.full((len(rows), L), tokenizer.pad_token_id)
+            mask = torch.zeros(len(rows), L, dtype=torch.long)
+            for r, j in enumerate(rows):
+                x[r, : len(ids[j])] = torch.tensor(ids[j])
+                mask[r, : len(ids[j])] = 1
+            grabbed.clear()
+            view(input_ids=x, attention_mask=mask)
+            hidden = grabbed[-1].float().cpu()  # (B, L, hidden)
+            non_pad = (x != tokenizer.pad_token_id).int()
+            last = (torch.arange(L) * non_pad).argmax(-1)  # transformers' rule for the pooled token
+            out[rows] = hidden[torch.arange(len(rows)), last]
+    finally:
+        hook.remove()
+    return out
 
 
 def save_reward_adapters(model, out_dir, names=None) -> list[str]:

@@ -171,6 +171,8 @@ class NeuralRewardMixture:
         owner = resp.argmax(1)[data.user]
         for k, model in enumerate(self.models):
             rows = (owner == k).nonzero().flatten()
+            if rows.numel() == 0:  # an empty cluster keeps its model (EM's split start fits cluster 0 alone)
+                continue
             train_reward_model(model, self.tokenizer, data.subset(rows), seed=self.seed + self.n_fits, **self.train_kw)
         self.n_fits += 1
 

@@ -1,9 +1,11 @@
 """Trait scorers in [0, 1] behind one interface: what each user group truly cares about.
 
-  positiveness  `cpu`: VADER compound score mapped to [0, 1] (lexicon ships in vaderSentiment),
-                or P(positive) from a TF-IDF + logistic-regression classifier trained here on the
-                IMDb train labels (:func:`train_sentiment_classifier`, saved without pickle);
-                `paper`: P(POSITIVE) from a sentiment classifier (lvwerra/distilbert-imdb)
+  positiveness  `cpu`: P(positive) from a TF-IDF + logistic-regression classifier trained here on
+                the IMDb train labels (:func:`train_sentiment_classifier`, saved without pickle);
+                `paper`: P(POSITIVE) from a sentiment classifier (lvwerra/distilbert-imdb);
+                chosen in one place, :func:`positiveness_scorer` / :func:`trait_scorers`.
+                VADER's compound score mapped to [0, 1] (lexicon ships in vaderSentiment) is a
+                second, independent judge at evaluation.
   conciseness   1 − min(#tokens, max_tokens) / max_tokens, tokens of the policy's tokenizer
 
 A scorer is a callable ``texts -> (B,) float tensor in [0, 1]`` with a ``name``.  The TF-IDF
@@ -24,7 +26,8 @@ import torch
 
 __all__ = ["VaderPositiveness", "ClassifierPositiveness", "Conciseness", "make_scorer",
            "SentimentClassifierError", "SentimentClassifier", "train_sentiment_classifier",
-           "save_sentiment_classifier", "load_scorer", "is_saved_classifier", "TfidfPositiveness"]
+           "save_sentiment_classifier", "load_scorer", "is_saved_classifier", "TfidfPositiveness",
+           "positiveness_scorer", "trait_scorers", "classifier_accuracy"]
 
 
 class VaderPositiveness:
@@ -91,6 +94,46 @@ def make_scorer(kind: str, tokenizer=None, max_tokens: int = 32, classifier: str
     if kind == "conciseness":
         return Conciseness(tokenizer, max_tokens)
     raise ValueError(f"unknown scorer {kind!r} (known: positiveness, conciseness)")
+
+
+def positiveness_scorer(profile: str, classifier, sentiment_model: str):
+    """The GPT-2 experiment's positiveness, the one place it is chosen: ``cpu`` — the TF-IDF
+    classifier folder ``classifier`` that the corpus stage trained on the IMDb train labels
+    (:class:`TfidfPositiveness`); ``paper`` — the sequence classifier ``sentiment_model`` (hub id or
+    path, e.g. ``lvwerra/distilbert-imdb``; :class:`ClassifierPositiveness`)."""
+    if profile == "cpu":
+        return TfidfPositiveness(classifier)
+    if profile == "paper":
+        return ClassifierPositiveness(sentiment_model)
+    raise ValueError(f"unknown profile {profile!r} (known: cpu, paper)")
+
+
+def trait_scorers(profile: str, tokenizer, max_tokens: int, classifier, sentiment_model: str,
+                  vader: bool = False) -> dict:
+    """What the GPT-2 users truly care about, by name: ``positiveness`` (the majority's trait,
+    :func:`positiveness_scorer`) and ``conciseness`` (the minority's, tokens of ``tokenizer`` up to
+    ``max_tokens``); with ``vader=True`` also ``vader``, VADER's positiveness — a second judge that
+    no reward model or user was built from, so that a policy which games the classifier's n-grams
+    ("great great great") shows up as the two positiveness judges disagreeing."""
+    out = {"positiveness": positiveness_scorer(profile, classifier, sentiment_model),
+           "conciseness": Conciseness(tokenizer, max_tokens)}
+    if vader:
+        out["vader"] = VaderPositiveness()
+    return out
+
+
+def classifier_accuracy(scorer, texts: Sequence[str], labels, cuts: Sequence[int | None] = (None,)) -> dict:
+    """Accuracy (P(positive) > 0.5 against 0/1 ``labels``) of a positiveness scorer on ``texts``,
+    whole (cut ``None``, key ``"full"``) and cut to their first n words (key ``n``).  ``scorer``
+    maps a list of texts to an array or tensor of P(positive)."""
+    y = np.asarray(labels).astype(bool)
+    out = {}
+    for n in cuts:
+        shown = list(texts) if n is None else [" ".join(t.split()[:n]) for t in texts]
+        p = scorer(shown)
+        p = p.numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
+        out["full" if n is None else int(n)] = float(((p > 0.5) == y).mean())
+    return out
 
 
 

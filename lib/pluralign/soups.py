@@ -1,6 +1,7 @@
 """Data for the Tulu2-7B stage: the RLPHF "personalized soups" pairwise preferences (Jang et
 al., 2023), alpaca-style PPO prompts and the Koala evaluation prompts — plus a generated stand-in
-in the same raw formats for the offline `cpu` profile.
+in the same raw formats, kept as a test fixture only (the `cpu` profile now runs on real text:
+:mod:`pluralign.tulu_data`).
 
 Soups files, one per preference dimension (P1A … P3D), hold records
 ``{"user_input": question, "completion_a": chosen, "completion_b": rejected}`` as a JSON list
@@ -524,7 +525,7 @@ def koala_prompts(source, preference: str | None = None, cache_dir=None) -> list
     return [tulu_prompt(q, preference) for q in load_questions(source, cache_dir)]
 
 
-# -- generated stand-in (cpu profile) ----------------------------------------------------------
+# -- generated stand-in (test fixture) ----------------------------------------------------------
 SIMPLE = ["sun", "dog", "cat", "tree", "ball", "milk", "big", "small", "red", "blue", "fun", "play", "run", "go",
           "see", "like", "water", "food", "home", "friend", "happy", "sad", "hot", "cold", "day", "night", "toy",
           "book", "bird", "fish", "rain", "grow", "make", "help", "good", "nice", "soft", "fast", "slow", "light"]
