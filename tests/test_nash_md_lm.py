@@ -1,5 +1,6 @@
 """Nash-MD-PG for causal LMs on tiny GPT-2 / Llama models with a word-level tokenizer (no hub)."""
 import copy
+import math
 import os
 import re
 
@@ -10,7 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pluralign import lm  # noqa: E402
 from pluralign.nash_md_lm import (NashMD, NashMDConfig, mixture_logprobs, mixture_sample,  # noqa: E402
-                                  mixture_sample_nocache, nash_md_loss, preference_from_reward, train_nash_md)
+                                  mixture_sample_nocache, nash_md_clipped_loss, nash_md_loss, preference_from_reward,
+                                  train_nash_md)
 from pluralign.ppo import response_logprobs_and_values  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(16)]
@@ -541,3 +543,133 @@ def test_lora_ema_refuses_a_trainable_base_weight(tok):
     with pytest.raises(ValueError, match=r"ln_f\.weight is not part of the adapter 'default'"):
         NashMD(model, tok, NashMDConfig(ema_decay=0.5, opponent="ema"))
     assert "ema" not in model.peft_config and model.active_adapter == "default"
+
+
+# 9. PPO's budget: ppo_epochs passes over minibatches, on the clipped surrogate -------------------
+def count_forwards(model):
+    """A list that grows by one per forward of ``model`` (its hook handle second)."""
+    calls = []
+    return calls, model.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_one_update_is_the_plain_nash_md_pg_step(tok):
+    """ppo_epochs=1, one minibatch (the defaults): the same parameters after a step as one AdamW step on
+    nash_md_loss (the score-function estimator) with gradient clipping, and one policy forward, no more."""
+    cfg = NashMDConfig(batch_size=8, max_new_tokens=6, learning_rate=1e-2, tau=0.5, missing_eos_penalty=0.3)
+    assert cfg.ppo_epochs == 1 and cfg.mini_batch_size is None
+    nash = NashMD(tiny_gpt2(tok, 0), tok, cfg, ref_model=tiny_gpt2(tok, 1))  # μ ≠ θ: k ≠ 0, the τ term counts
+    r = nash.rollout(*queries(tok, 8))
+    P = torch.linspace(0, 1, 8)
+    twin = copy.deepcopy(nash.model)
+    optimizer = torch.optim.AdamW(twin.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    has_eos = ((r.response_ids == tok.eos_token_id) & r.response_mask).any(1)
+    lp, _, _ = response_logprobs_and_values(twin, None, r.input_ids, r.attention_mask, r.query_ids.shape[1], 1.0)
+    loss, expected = nash_md_loss(lp, r.ref_logprobs, r.response_mask, P.float() - 0.3 * (~has_eos).float(),
+                                  cfg.tau)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(list(twin.parameters()), cfg.max_grad_norm))
+    optimizer.step()
+    before = [p.clone() for p in nash.model.parameters()]
+    forwards, hook = count_forwards(nash.model)
+    st = nash.step(r, P)
+    hook.remove()
+    assert len(forwards) == 1 and nash.n_updates == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, nash.model.parameters()))
+    for a, b in zip(nash.model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+    assert st["grad_norm"] == pytest.approx(grad_norm, rel=1e-5)
+    for k in ("kl", "advantage"):
+        assert st[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
+    assert float(((lp.detach() - r.ref_logprobs) * r.response_mask).sum(1).abs().max()) > 0.1  # some k_b ≠ 0
+    assert st["clipfrac"] == 0 and st["ratio"] == 1 and st["approx_kl"] == 0
+
+
+def test_equal_budget_steps_like_ppo(tok):
+    """batch 8, minibatch 4, ppo_epochs 2: 4 AdamW steps per step (n_updates counts them), one no-grad forward per
+    minibatch first for log π_old, so kl and the advantage are those at rollout time; y' draws are left alone."""
+    cfg = NashMDConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, learning_rate=1e-2,
+                       tau=0.5)
+    nash = NashMD(tiny_gpt2(tok, 0), tok, cfg, ref_model=tiny_gpt2(tok, 1))
+    steps = []
+    nash.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    q, P = queries(tok, 8), torch.linspace(0, 1, 8)
+    for i in range(2):
+        r = nash.rollout(*q)
+        with torch.no_grad():
+            lp, _, _ = response_logprobs_and_values(nash.model, None, r.input_ids, r.attention_mask, q[0].shape[1],
+                                                    1.0)
+        _, expected = nash_md_loss(lp, r.ref_logprobs, r.response_mask, P, cfg.tau)
+        y_prime_state = nash.generator.get_state()
+        forwards, hook = count_forwards(nash.model)
+        st = nash.step(r, P)
+        hook.remove()
+        assert nash.n_updates == 4 * (i + 1) and len(steps) == 4 * (i + 1)
+        assert len(forwards) == 2 + 4  # log π_old in two chunks, then one forward per update
+        assert torch.equal(nash.generator.get_state(), y_prime_state)
+        for k in ("kl", "advantage", "preference"):
+            assert st[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
+        assert {"loss", "grad_norm", "clipfrac", "approx_kl", "ratio"} <= set(st) and st["grad_norm"] > 0
+        assert st["approx_kl"] > 0  # later updates see θ ≠ θ_old
+
+
+def test_clipped_loss_by_hand():
+    """ε = 0.2; row 0 has A = 1, row 1 A = −1.  ρ = 1.5 with A > 0 and ρ = 0.5 with A < 0 left the clip range on
+    the side the advantage favours: clipped, zero gradient; ρ = 0.5 with A > 0 and ρ = 1.5 with A < 0 keep the
+    unclipped branch (the pessimistic one) and its gradient; padding counts for nothing."""
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]])
+    rho = torch.tensor([[1.5, 0.5, 1.0], [0.5, 1.5, 1.1]])
+    lp = (old + rho.log()).requires_grad_()
+    A, mask = torch.tensor([1.0, -1.0]), torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    loss, st = nash_md_clipped_loss(lp, old, A, mask, 0.2)
+    loss.backward()
+    # −mean_b Σ_t: row 0 min(1.5, 1.2) + min(0.5, 0.8) + 1 = 2.7; row 1 min(−0.5, −0.8) + min(−1.5, −1.2) = −2.3
+    assert float(loss.detach()) == pytest.approx(-(2.7 - 2.3) / 2)
+    # d loss / d log π = −A ρ / B on the unclipped branch, 0 on the clipped one
+    torch.testing.assert_close(lp.grad, torch.tensor([[0.0, -0.25, -0.5], [0.0, 0.75, 0.0]]))
+    assert st["clipfrac"] == pytest.approx(2 / 5) and st["ratio"] == pytest.approx(1.0)
+    assert st["approx_kl"] == pytest.approx(0.5 * 2 * (math.log(1.5) ** 2 + math.log(0.5) ** 2) / 5)
+
+
+def test_clipped_loss_at_the_old_policy_is_the_score_function_estimator():
+    """ρ = 1: the gradient of nash_md_clipped_loss is that of nash_md_loss (a sum over tokens, not a mean)."""
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.1, -0.2, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    P, tau = torch.tensor([0.9, 0.2]), 0.1
+    loss, _ = nash_md_loss(lp, ref, mask, P, tau)
+    (expected,) = torch.autograd.grad(loss, lp)
+    A = P - 0.5 - tau * ((lp - ref) * mask).sum(1).detach()
+    loss, st = nash_md_clipped_loss(lp, lp.detach(), A, mask, 0.2)
+    (grad,) = torch.autograd.grad(loss, lp)
+    torch.testing.assert_close(grad, expected, atol=0, rtol=0)
+    assert st["clipfrac"] == 0 and st["ratio"] == 1
+
+
+def test_reusing_a_batch_with_a_large_step_clips(tok):
+    """Several passes over one batch at lr 0.1: the ratio leaves [1−ε, 1+ε] and clipfrac > 0 is reported; with a
+    clip range no ratio reaches, nothing is clipped."""
+    q, P = queries(tok, 8), torch.linspace(0, 1, 8)
+    clipfrac = {}
+    for eps in (0.05, 1e6):
+        cfg = NashMDConfig(batch_size=8, mini_batch_size=4, ppo_epochs=4, max_new_tokens=6, learning_rate=0.1,
+                           max_grad_norm=100.0, cliprange=eps)
+        nash = NashMD(tiny_gpt2(tok, 0), tok, cfg)
+        st = nash.step(nash.rollout(*q), P)
+        assert nash.n_updates == 8 and st["approx_kl"] > 0
+        clipfrac[eps] = st["clipfrac"]
+    assert clipfrac[0.05] > 0.05 and clipfrac[1e6] == 0, clipfrac
+
+
+@pytest.mark.parametrize("kw, field, value", [
+    (dict(batch_size=8, mini_batch_size=3), "mini_batch_size", 3),
+    (dict(batch_size=8, mini_batch_size=16), "mini_batch_size", 16),
+    (dict(mini_batch_size=0), "mini_batch_size", 0),
+    (dict(ppo_epochs=0), "ppo_epochs", 0),
+    (dict(ppo_epochs=1.5), "ppo_epochs", 1.5),
+    (dict(cliprange=0), "cliprange", 0),
+    (dict(cliprange=float("nan")), "cliprange", float("nan")),
+])
+def test_bad_update_budget_names_the_field(kw, field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be .*, got {re.escape(repr(value))}$"):
+        NashMDConfig(**kw)
+    NashMDConfig(batch_size=8, mini_batch_size=8)  # a divisor, the batch itself included

@@ -344,3 +344,134 @@ def test_bad_tokenizer_and_scores(tok):
     r = ppo.rollout(*queries(tok, 4))
     with pytest.raises(ValueError, match="scores"):
         ppo.step(r, torch.zeros(3))
+
+
+# 8. top-p, learning-rate schedule, adaptive KL, update count ------------------------------------
+def test_top_p_samples_the_nucleus_and_keeps_untruncated_logprobs(tok):
+    """top_p → 0 keeps only the most probable token: every sample is the argmax of the temperature
+    softmax; top_p = 1 on the same seed samples others.  Log-probs are those of the uncut softmax."""
+    argmax_share = {}
+    for top_p in (1e-6, 1.0):
+        cfg = PPOConfig(batch_size=12, mini_batch_size=12, ppo_epochs=1, max_new_tokens=6, temperature=0.7, top_p=top_p)
+        ppo = PPO(tiny_gpt2(tok), tok, cfg)
+        assert ppo.generation_kwargs["top_p"] == top_p
+        r = ppo.rollout(*queries(tok, 12))
+        Q, m = r.query_ids.shape[1], r.response_mask
+        am = r.attention_mask
+        with torch.no_grad():
+            logits = ppo.model(input_ids=r.input_ids, attention_mask=am, position_ids=(am.cumsum(-1) - 1).clamp_min(0),
+                               use_cache=False).logits[:, Q - 1:-1].float() / 0.7
+        argmax_share[top_p] = float((r.response_ids == logits.argmax(-1))[m].float().mean())
+        full = torch.log_softmax(logits, -1).gather(-1, r.response_ids.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(r.logprobs[m], full[m], atol=1e-5, rtol=1e-5)
+        assert float(r.logprobs[m].max()) < -1.0  # near-uniform over 20 tokens, not the truncated 0
+    assert argmax_share[1e-6] == 1.0 and argmax_share[1.0] < 0.5, argmax_share
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_schedule_decays_to_zero_at_total_steps(tok, schedule):
+    import math
+
+    lr, total = 1e-3, 3
+    factor = {"constant": lambda k: 1.0,
+              "cosine": lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)),
+              "linear": lambda k: 1 - min(k, total) / total}[schedule]
+    cfg = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=2, learning_rate=lr,
+                    lr_schedule=schedule, total_steps=total)
+    ppo = PPO(tiny_gpt2(tok), tok, cfg)
+    assert ppo.optimizer.param_groups[0]["lr"] == lr
+    q = queries(tok, 4)
+    for k in range(total + 2):  # past total_steps the lr stays at 0
+        st = ppo.step(ppo.rollout(*q), torch.arange(4.0))
+        assert st["learning_rate"] == pytest.approx(lr * factor(k), rel=1e-12, abs=1e-18)
+        assert ppo.optimizer.param_groups[0]["lr"] == pytest.approx(lr * factor(k + 1), rel=1e-12, abs=1e-18)
+    if schedule == "constant":
+        assert ppo.optimizer.param_groups[0]["lr"] == lr
+    else:
+        assert ppo.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-18)
+        assert 0 < factor(1) < 1  # it did decay in between
+    # at lr 0 an update leaves the policy where it is
+    if schedule != "constant":
+        before = [p.clone() for p in ppo.params]
+        ppo.step(ppo.rollout(*q), torch.arange(4.0))
+        assert all(torch.equal(a, b) for a, b in zip(before, ppo.params))
+
+
+def sharp_reference(tok):
+    """A reference far from the near-uniform policy (its logits ×~30), so the sampled KL is large."""
+    ref = tiny_gpt2(tok, seed=1)
+    with torch.no_grad():
+        ref.transformer.wte.weight.mul_(30)
+    return ref
+
+
+@pytest.mark.parametrize("kl_target, direction", [(1e-3, +1), (1e4, -1), (None, 0)])
+def test_adaptive_kl_moves_beta_toward_the_target(tok, kl_target, direction):
+    B, H, beta0 = 8, 16, 0.1
+    cfg = PPOConfig(batch_size=B, mini_batch_size=B, ppo_epochs=1, max_new_tokens=4, kl_coef=beta0,
+                    kl_target=kl_target, kl_horizon=H)
+    ppo = PPO(tiny_gpt2(tok), tok, cfg, ref_model=sharp_reference(tok))
+    q = queries(tok, B)
+    beta = beta0
+    for _ in range(3):
+        st = ppo.step(ppo.rollout(*q), torch.zeros(B))
+        assert st["kl_coef"] == beta  # the β this iteration's shaped rewards used
+        assert st["non_score_reward"] == pytest.approx(-beta * st["kl"], rel=1e-5)
+        if kl_target is not None:
+            assert (st["kl"] - kl_target) * direction > 0
+            e = min(max(st["kl"] / kl_target - 1, -0.2), 0.2)
+            beta = beta * (1 + e * B / H)
+        assert ppo.kl_coef == beta
+    assert cfg.kl_coef == beta0  # the config is not mutated
+    if direction:
+        assert (ppo.kl_coef - beta0) * direction > 0
+        assert ppo.kl_coef == pytest.approx(beta0 * (1 + direction * 0.2 * B / H) ** 3)  # clipped at ±0.2
+    else:
+        assert ppo.kl_coef == beta0
+
+
+def test_adaptive_kl_inside_the_clip_is_proportional(tok):
+    """The first rollout is the same whatever kl_target is; a target 4 % below its KL gives e = 0.04."""
+    B, H = 8, 16
+    base = dict(batch_size=B, mini_batch_size=B, ppo_epochs=1, max_new_tokens=4, kl_coef=0.1, kl_horizon=H)
+    q = queries(tok, B)
+    fixed = PPO(tiny_gpt2(tok), tok, PPOConfig(**base), ref_model=sharp_reference(tok))
+    kl0 = fixed.step(fixed.rollout(*q), torch.zeros(B))["kl"]
+    assert kl0 > 0
+    ppo = PPO(tiny_gpt2(tok), tok, PPOConfig(**base, kl_target=kl0 / 1.04), ref_model=sharp_reference(tok))
+    st = ppo.step(ppo.rollout(*q), torch.zeros(B))
+    assert st["kl"] == kl0
+    e = st["kl"] / (kl0 / 1.04) - 1
+    assert e == pytest.approx(0.04)
+    assert ppo.kl_coef == 0.1 * (1 + e * B / H)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"kl_target": 0}, "kl_target"), ({"kl_target": -1}, "kl_target"), ({"kl_target": float("inf")}, "kl_target"),
+    ({"kl_horizon": 0}, "kl_horizon"), ({"kl_horizon": 1.5}, "kl_horizon"),
+    ({"lr_schedule": "cosine"}, "total_steps"), ({"lr_schedule": "linear"}, "total_steps"),
+    ({"lr_schedule": "cosine", "total_steps": 0}, "total_steps"), ({"lr_schedule": "step"}, "lr_schedule"),
+    ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_p": float("nan")}, "top_p"),
+])
+def test_bad_schedule_controller_or_top_p_names_the_field(kwargs, field):
+    value = kwargs.get(field)
+    with pytest.raises(ValueError, match=rf"^{field} must be .*, got {re.escape(repr(value))}$"):
+        PPOConfig(**kwargs)
+
+
+def test_bad_kl_target_message():
+    with pytest.raises(ValueError) as err:
+        PPOConfig(kl_target=0)
+    assert str(err.value) == "kl_target must be None or a finite number > 0, got 0"
+    with pytest.raises(ValueError, match=r"^total_steps must be an integer >= 1 when lr_schedule='cosine', got None$"):
+        PPOConfig(lr_schedule="cosine")
+
+
+def test_n_updates_counts_optimizer_steps(tok):
+    cfg = PPOConfig(batch_size=8, mini_batch_size=2, ppo_epochs=3, max_new_tokens=2)
+    ppo = PPO(tiny_gpt2(tok), tok, cfg)
+    assert ppo.n_updates == 0
+    q = queries(tok, 8)
+    for k in range(1, 3):
+        ppo.step(ppo.rollout(*q), torch.arange(8.0))
+        assert ppo.n_updates == k * 3 * (8 // 2)

@@ -82,6 +82,28 @@ def shares(x):
 SEED_MAX = 2**32 - 1  # numpy's seeds stop here; torch's go further
 share = number(0.0, 0.5, lo_open=True)  # a minority's share: in (0, 0.5]
 
+def seeds_for_intervals(x):
+    """Training seeds of one method: at least 2 distinct ones (every win rate carries an interval
+    over seeds; one run says nothing about the next)."""
+    bad = list_of(integer(0, SEED_MAX))(x)
+    if bad:
+        return bad
+    if len(set(x)) < 2:
+        return "must list at least 2 distinct seeds (each win rate gets a 95% interval over seeds and prompts)"
+
+
+def lr_grid(x):
+    bad = list_of(positive)(x)
+    if bad:
+        return "must be a non-empty list of learning rates > 0" if not isinstance(x, list) or not x else bad
+    if len(set(x)) != len(x):
+        return "must not repeat a value"
+
+
+def optional(rule: Rule, what: str) -> Rule:
+    return lambda x: None if x is None or rule(x) is None else f"must be {what}"
+
+
 def optional_text(x):
     return None if isinstance(x, str) else "must be a string (empty for none)"
 
@@ -147,8 +169,9 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
     },
     "align": {
         "ratios": list_of(number(0.0, lo_open=True)),
-        "seeds": list_of(integer(0, SEED_MAX)),
-        "sweep_seeds": list_of(integer(0, SEED_MAX)),
+        "seeds": seeds_for_intervals,
+        "variant_seeds": seeds_for_intervals,
+        "sweep_seeds": seeds_for_intervals,
         "methods": list_of(one_of(*ALIGN_METHODS)),
         "headline_ratio": number(0.0, lo_open=True),
         "headline_methods": list_of(one_of(*ALIGN_METHODS), min_len=0),
@@ -156,12 +179,27 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "batch_size": integer(1, 4096),
         "mini_batch_size": integer(1, 4096),
         "ppo_epochs": integer(1, 100),
-        "lr": positive,
+        "lr_grid": lr_grid,
+        "tune_seed": integer(0, SEED_MAX),
+        "n_val_prompts": integer(1, 1_000_000),
         "kl_coef": number(0.0),
+        "kl_target": optional(positive, "null (fixed beta) or a number > 0"),
+        "kl_horizon": integer(1, 10**12),
+        "top_p": number(0.0, 1.0, lo_open=True),
+        "lr_schedule": one_of("constant", "cosine", "linear"),
+        "whiten_rewards": boolean,
+        "vf_coef": number(0.0),
+        "cliprange": positive,
+        "gamma": number(0.0, 1.0),
+        "lam": number(0.0, 1.0),
         "n_standardise": integer(2, 1_000_000),
+        "eval_every": integer(1, 1_000_000),
+        "n_eval_prompts": integer(2, 1_000_000),
+        "eval_seed": integer(0, SEED_MAX),
+        "workers": integer(1, 256),
     },
     "evaluate": {
-        "n_prompts": integer(1, 1_000_000),
+        "n_boot": integer(100, 1_000_000),
         "seed": integer(0, SEED_MAX),
     },
     "preference": {
@@ -216,10 +254,10 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "betas": list_of(number(0.0, 1.0)),
         "bt_betas": list_of(number(0.0, 1.0), min_len=0),
         "tau": positive,
-        "nash_lr": positive,
-        "nash_seeds": list_of(integer(0, SEED_MAX)),
-        "n_prompts": integer(1, 1_000_000),
-        "eval_seed": integer(0),
+        "tune_beta": number(0.0, 1.0),
+        "nash_seeds": seeds_for_intervals,
+        "n_boot": integer(100, 1_000_000),
+        "seed": integer(0, SEED_MAX),
     },
     "tulu2": {
         "profile": one_of("cpu", "small", "paper"),
@@ -307,6 +345,8 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
         return "mini_batch_size", p["mini_batch_size"], f"must divide batch_size={p['batch_size']}"
     if stage == "align" and p["headline_ratio"] not in p["ratios"]:
         return "headline_ratio", p["headline_ratio"], f"must be one of ratios={p['ratios']}"
+    if stage == "compare" and p["tune_beta"] not in p["betas"]:
+        return "tune_beta", p["tune_beta"], f"must be one of betas={p['betas']}"
     if stage == "reward":
         for r in p["oracle_ratios"]:
             if r not in p["ratios"]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-__all__ = ["win_rate", "win_matrix", "pooled_matrix", "favourite"]
+from . import intervals
+
+__all__ = ["win_rate", "win_matrix", "win_matrix_intervals", "pooled_matrix", "favourite"]
 
 
 def win_rate(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,3 +57,22 @@ def favourite(W: pd.DataFrame, among: list[str] | None = None) -> tuple[str, pd.
     sub = W.loc[among, among]
     mean = (sub.sum(1) - 0.5) / max(len(among) - 1, 1)
     return str(mean.idxmax()), mean
+
+
+def win_matrix_intervals(scores: dict, n_boot: int, seed: int) -> dict:
+    """Intervals for :func:`win_matrix`'s entries: scores policy → list over
+    seeds of (N,) trait values.  Seed s of A meets seed s of B; a policy with fewer seeds (the
+    base policy) reuses its last.  Returns {"lo": DataFrame, "hi": DataFrame} (diagonal ½)."""
+    names = list(scores)
+    lo = pd.DataFrame(0.5, index=names, columns=names, dtype=float)
+    hi = lo.copy()
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            n = max(len(scores[a]), len(scores[b]))
+            y = torch.stack([intervals.outcomes(scores[a][min(s, len(scores[a]) - 1)], scores[b][min(s, len(scores[b]) - 1)])
+                             for s in range(n)])
+            r = intervals.interval(y, n_boot=n_boot, seed=seed)
+            lo.loc[a, b], hi.loc[a, b] = r["lo"], r["hi"]
+    return {"lo": lo, "hi": hi}

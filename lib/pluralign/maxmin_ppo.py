@@ -71,13 +71,14 @@ def combine(scores: torch.Tensor, rule: str) -> tuple[torch.Tensor, int]:
 
 
 def train_policy(base_path: str, tokenizer, rewards: GroupRewards, prompts: list[str], rule: str,
-                 steps: int, config: PPOConfig, progress: bool = True, monitor=None):
+                 steps: int, config: PPOConfig, progress: bool = True, monitor=None, on_step=None):
     """PPO from the base policy for ``steps`` iterations with rewards combined by ``rule``.
 
     Prompts are drawn (seeded) in batches of ``config.batch_size``.  Returns (PPO trainer, history)
     where history has, per step, the mean standardised score of every reward model, the group the
     rule picked, PPO's stats and ``monitor(responses)``'s numbers (e.g. the true traits of the
-    rollouts, which no reward model sees)."""
+    rollouts, which no reward model sees).  ``on_step(step, policy)`` runs after every update
+    (e.g. :class:`pluralign.frontier.Checkpoints`, which evaluates the policy along training)."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     policy = lm.load_causal_lm(base_path, tokenizer)
@@ -97,4 +98,6 @@ def train_policy(base_path: str, tokenizer, rewards: GroupRewards, prompts: list
         if monitor is not None:
             row.update(monitor(texts))
         history.append(row)
+        if on_step is not None:
+            on_step(step, ppo.model)
     return ppo, history

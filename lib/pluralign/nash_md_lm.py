@@ -11,6 +11,20 @@ One iteration on B prompts x ~ ρ:
 
 β = 0 is self-play (the opponent is the current policy), β = 1 the best response to μ.
 
+The update (:meth:`NashMD.step`) gets PPO's budget of gradient steps (``pluralign.ppo.PPO``):
+ppo_epochs passes over the batch in shuffled minibatches of M sequences, one AdamW step (after
+gradient-norm clipping) per minibatch, ppo_epochs · ⌈B / M⌉ in all.  To reuse a batch soundly the
+advantage is held fixed and the policy's change is clipped, as in PPO:
+
+  k_b  = Σ_t (log π_old − log μ)(y_bt)                the sequence log-ratio at θ_old, once per batch
+  A_b  = P_b − ½ − τ k_b                              (P_b less the missing-EOS penalty), held fixed
+  ρ_bt = exp(log π_θ(y_bt) − log π_old(y_bt))         per token
+  loss = − mean_b Σ_t mask_bt · min(ρ_bt A_b, clip(ρ_bt, 1−ε, 1+ε) A_b)      (ε = cliprange)
+
+At θ = θ_old (ρ = 1) its gradient is −mean_b A_b Σ_t ∇ log π_θ(y_bt), the score-function estimator
+above, so ppo_epochs = 1 with one minibatch is the plain Nash-MD-PG step (:func:`nash_md_loss`).
+θ̄ (the EMA opponents) moves once per ``step``, after all its passes.
+
 The opponent y' (``NashMDConfig.opponent``), with θ̄ ← d θ̄ + (1−d) θ after every step (d = ema_decay):
 
   "mixture"      Nash-MD-PG (the paper's):  log π' = (1−β) log π_θ + β log μ + c   (default)
@@ -48,6 +62,8 @@ __all__ = [
     "mixture_sample",
     "mixture_sample_nocache",
     "nash_md_loss",
+    "nash_md_advantage",
+    "nash_md_clipped_loss",
     "adapter_active",
     "add_ema_adapter",
     "preference_from_reward",
@@ -67,7 +83,13 @@ class NashMDConfig:
     "mixture" (Nash-MD-PG, the default), "ema" (Nash-EMA-PG: y' ~ π_θ̄; beta is not used) or
     "ema_mixture" (ours: the geometric mixture of π_θ̄ and μ with weight beta); ema_decay d of
     θ̄ ← d θ̄ + (1−d) θ is required by the two EMA opponents and refused otherwise.
-    missing_eos_penalty is subtracted from P(y ≻ y') for responses y that never emit EOS."""
+    missing_eos_penalty is subtracted from P(y ≻ y') for responses y that never emit EOS.
+
+    The update budget, PPO's names and meaning (``pluralign.ppo.PPOConfig``): ppo_epochs passes
+    over each batch in minibatches of mini_batch_size sequences (None: the whole batch, one
+    minibatch; else a divisor of batch_size), one AdamW step per minibatch, on the clipped
+    surrogate with ratio clip ε = cliprange.  The defaults (1, None) take one step per batch: the
+    plain Nash-MD-PG update, where cliprange has no effect (ρ = 1)."""
 
     beta: float = 0.125
     tau: float = 0.01
@@ -79,6 +101,9 @@ class NashMDConfig:
     ema_decay: float | None = None
     opponent: str = "mixture"
     missing_eos_penalty: float | None = None
+    ppo_epochs: int = 1
+    mini_batch_size: int | None = None
+    cliprange: float = 0.2
     seed: int = 0
 
     def __post_init__(self):
@@ -93,10 +118,13 @@ class NashMDConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         need(is_num(self.beta) and 0 <= self.beta <= 1, "beta", "in [0, 1]")
-        for name in ("tau", "learning_rate", "temperature", "max_grad_norm"):
+        for name in ("tau", "learning_rate", "temperature", "max_grad_norm", "cliprange"):
             need(is_num(getattr(self, name)) and getattr(self, name) > 0, name, "a finite number > 0")
-        for name in ("batch_size", "max_new_tokens"):
+        for name in ("batch_size", "max_new_tokens", "ppo_epochs"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
+        need(self.mini_batch_size is None or (is_int(self.mini_batch_size) and self.mini_batch_size >= 1
+                                              and self.batch_size % self.mini_batch_size == 0),
+             "mini_batch_size", f"None or a divisor of batch_size={self.batch_size}")
         need(self.ema_decay is None or (is_num(self.ema_decay) and 0 <= self.ema_decay <= 1), "ema_decay",
              "None or in [0, 1]")
         need(self.opponent in OPPONENTS, "opponent", f"one of {', '.join(map(repr, OPPONENTS))}")
@@ -305,7 +333,10 @@ def nash_md_loss(logprobs, ref_logprobs, mask, preference, tau: float):
 
         loss = −mean_b A_b Σ_t log π_θ(y_bt),   so   −∇loss = mean_b ∇ log π_θ(y_b|x) · A_b.
 
-    Returns (loss, stats) with detached floats preference (mean P), kl (mean k), loss, advantage."""
+    This is the one-update step (ppo_epochs = 1, one minibatch), whose gradient
+    :func:`nash_md_clipped_loss` has at θ = θ_old; :meth:`NashMD.step` uses that one, and this is
+    kept as its reference.  Returns (loss, stats) with detached floats preference (mean P), kl
+    (mean k), loss, advantage."""
     mask = mask.to(logprobs.dtype)
     seq_logprob = (logprobs * mask).sum(1)
     with torch.no_grad():
@@ -314,6 +345,49 @@ def nash_md_loss(logprobs, ref_logprobs, mask, preference, tau: float):
     loss = -(advantage * seq_logprob).mean()
     stats = {"preference": float(preference.float().mean()), "kl": float(kl.mean()), "loss": float(loss.detach()),
              "advantage": float(advantage.mean())}
+    return loss, stats
+
+
+@torch.no_grad()
+def nash_md_advantage(old_logprobs, ref_logprobs, mask, preference, tau: float):
+    """A_b = P_b − ½ − τ k_b with k_b = Σ_t (log π_old − log μ)(y_bt), no grad.
+
+    old_logprobs, ref_logprobs, mask (B, T); preference (B,) (already less any missing-EOS
+    penalty).  Returns (A (B,), k (B,)) in old_logprobs' dtype: computed once per batch at θ_old
+    and held fixed over the passes of :meth:`NashMD.step`, as PPO holds its advantages."""
+    mask = mask.to(old_logprobs.dtype)
+    kl = ((old_logprobs - ref_logprobs) * mask).sum(1)
+    return preference.to(old_logprobs.dtype) - 0.5 - tau * kl, kl
+
+
+def nash_md_clipped_loss(logprobs, old_logprobs, advantage, mask, cliprange: float):
+    """Clipped surrogate of Nash-MD-PG, for reusing a batch (PPO's clip on a sequence advantage).
+
+    logprobs (B, T): log π_θ(y_t) with grad; old_logprobs (B, T): log π_old(y_t), the policy that
+    sampled y (no grad); advantage (B,): A_b = P_b − ½ − τ k_b (:func:`nash_md_advantage`, fixed);
+    mask (B, T).  With the per-token ratio ρ_bt = exp(log π_θ(y_bt) − log π_old(y_bt)) and ε = cliprange,
+
+        loss = − mean_b Σ_t mask_bt · min(ρ_bt A_b, clip(ρ_bt, 1−ε, 1+ε) A_b)
+
+    (a sum over tokens, a mean over sequences).  At θ = θ_old, ρ = 1 and
+    −∇loss = mean_b A_b Σ_t ∇ log π_θ(y_bt), the gradient of :func:`nash_md_loss`.  A token whose
+    ratio has left [1−ε, 1+ε] on the side its advantage favours (ρ > 1+ε with A > 0, ρ < 1−ε with
+    A < 0) gets no gradient.
+
+    Returns (loss, stats) with detached floats loss, clipfrac (the fraction of tokens where the
+    clipped branch is the smaller), approx_kl (½ mean (log ρ)²) and ratio (mean ρ), means over
+    the masked tokens."""
+    mask = mask.to(logprobs.dtype)
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    a = advantage.to(logprobs.dtype)[:, None]
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange) * a
+    loss = -(torch.minimum(unclipped, clipped) * mask).sum(1).mean()
+    with torch.no_grad():
+        n = mask.sum().clamp_min(1)
+        stats = {"loss": float(loss), "clipfrac": float(((clipped < unclipped) * mask).sum() / n),
+                 "approx_kl": float(0.5 * (log_ratio ** 2).sum() / n), "ratio": float((ratio * mask).sum() / n)}
     return loss, stats
 
 
@@ -355,8 +429,10 @@ class NashMD:
     frozen deepcopy of the initial model.  θ̄ (opponents "ema", "ema_mixture"): for a PeftModel the
     adapter ``ema_adapter`` added beside the policy's by :func:`add_ema_adapter` (no copy of the
     base; ``ema_model`` is None), else ``ema_model``, a frozen deepcopy.  One AdamW (no weight
-    decay) over the trainable parameters.  ``torch.manual_seed(config.seed)`` is called here
-    (``generate`` uses the global generator); y' is drawn with a private generator seeded likewise."""
+    decay) over the trainable parameters; ``n_updates`` counts its steps so far (ppo_epochs ·
+    ⌈B / mini_batch_size⌉ per :meth:`step`).  ``torch.manual_seed(config.seed)`` is called here
+    (``generate`` uses the global generator); y' is drawn with a private generator seeded likewise,
+    and minibatches are shuffled with another (so that minibatching leaves the draws of y' alone)."""
 
     def __init__(self, model, tokenizer, config: NashMDConfig | None = None, ref_model=None):
         self.config = cfg = config if config is not None else NashMDConfig()
@@ -389,7 +465,9 @@ class NashMD:
         # seeded after add_ema_adapter, whose initialisation draws from the global generator
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
+        self.n_updates = 0
         self.generation_kwargs = dict(
             do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
             max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, use_cache=True,
@@ -446,7 +524,23 @@ class NashMD:
 
     # -- update ----------------------------------------------------------------------------
     def step(self, rollout: NashMDRollout, preference) -> dict:
-        """One AdamW step on :func:`nash_md_loss` given P(y ≻ y'|x) (B,); then θ̄ ← d θ̄ + (1−d) θ."""
+        """Update θ from a rollout and P(y ≻ y'|x) (B,): ppo_epochs passes over the batch in
+        minibatches of mini_batch_size (shuffled with the trainer's private generator when there
+        is more than one), one AdamW step with gradient-norm clipping per minibatch on
+        :func:`nash_md_clipped_loss`; then, once, θ̄ ← d θ̄ + (1−d) θ.
+
+        log π_old(y_t) and the advantages A_b (:func:`nash_md_advantage`) are computed here, once,
+        before the first update, and held fixed over the passes.  Here rather than in
+        :meth:`rollout` because (i) with one update (ppo_epochs = 1, one minibatch) the update's own
+        forward runs at θ = θ_old, so its detached log-probs are log π_old: no extra forward, and the
+        update is the plain Nash-MD-PG step of :func:`nash_md_loss`; only with more than one
+        update does one no-grad forward (in minibatch-sized chunks) come first; and (ii) they are
+        then always of the tokens trained on.  θ does not move between ``rollout`` and ``step``
+        (θ̄ too moves only here), so θ_old is the policy that sampled y.
+
+        Returns the batch's preference (mean P, unpenalised), kl (mean k_b), advantage (mean A_b),
+        lengths and eos_frac, and the means over the minibatch updates of loss, grad_norm,
+        clipfrac, approx_kl and ratio."""
         cfg = self.config
         B, Q = len(rollout), rollout.query_ids.shape[1]
         preference = torch.as_tensor(preference, device=self.device).reshape(-1).float()
@@ -459,19 +553,58 @@ class NashMD:
         if cfg.missing_eos_penalty is not None:
             target = preference - cfg.missing_eos_penalty * (~has_eos).float()
 
+        ids, am, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        lengths = mask.sum(1)
+        M = B if cfg.mini_batch_size is None else cfg.mini_batch_size
+        starts = range(0, B, M)
+
+        def policy_logprobs(idx):
+            # columns that are padding for every row of idx are dropped, as in PPO.step
+            T = int(lengths[idx].max())
+            lp, _, _ = response_logprobs_and_values(self.model, None, ids[idx, :Q + T], am[idx, :Q + T], Q,
+                                                    cfg.temperature)
+            return lp
+
         self.model.eval()
-        logprobs, _, _ = response_logprobs_and_values(self.model, None, rollout.input_ids, rollout.attention_mask,
-                                                       Q, cfg.temperature)
-        loss, stats = nash_md_loss(logprobs, rollout.ref_logprobs, rollout.response_mask, target, cfg.tau)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
-        self.optimizer.step()
+        first = None
+        if cfg.ppo_epochs == 1 and len(starts) == 1:  # one update, at θ = θ_old: its forward gives log π_old
+            first = policy_logprobs(slice(None))
+            old = torch.nn.functional.pad(first.detach(), (0, mask.shape[1] - first.shape[1]))
+        else:
+            with torch.no_grad():
+                parts = [policy_logprobs(slice(s0, s0 + M)) for s0 in starts]
+            old = torch.zeros(mask.shape, dtype=parts[0].dtype, device=self.device)
+            for s0, lp in zip(starts, parts):
+                old[s0:s0 + M, :lp.shape[1]] = lp
+        advantage, kl = nash_md_advantage(old, rollout.ref_logprobs, mask, target, cfg.tau)
+
+        sums, n = {}, 0
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=self.shuffle_generator).to(self.device) if len(starts) > 1 else None
+            for s0 in starts:
+                idx = perm[s0:s0 + M] if perm is not None else slice(None)
+                if first is not None:
+                    lp, first = first, None
+                else:
+                    lp = policy_logprobs(idx)
+                T = lp.shape[1]
+                loss, st = nash_md_clipped_loss(lp, old[idx, :T], advantage[idx], mask[idx, :T], cfg.cliprange)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                self.optimizer.step()
+                self.n_updates += 1
+                for k, x in st.items():
+                    sums[k] = sums.get(k, 0.0) + x
+                n += 1
         if self.ema_pairs:
             self.update_ema()
+        stats = {k: x / n for k, x in sums.items()}
         stats.update({
             "preference": float(preference.mean()),
-            "response_length": float(rollout.response_mask.sum(1).float().mean()),
+            "kl": float(kl.mean()),
+            "advantage": float(advantage.mean()),
+            "response_length": float(lengths.float().mean()),
             "opponent_length": float(rollout.opponent_mask.sum(1).float().mean()),
             "eos_frac": float(has_eos.float().mean()),
         })
@@ -502,13 +635,14 @@ class NashMD:
 
 
 def train_nash_md(base_path: str, tokenizer, preference, prompts: list[str], steps: int, config: NashMDConfig,
-                  progress: bool = True, monitor=None):
+                  progress: bool = True, monitor=None, on_step=None):
     """Nash-MD-PG from the base policy at ``base_path`` for ``steps`` iterations.
 
     Prompts are drawn (seeded) in batches of ``config.batch_size``; ``preference(prompts, y, y')``
     returns P(y ≻ y'|x) (B,) for the decoded texts (" " + text.strip()).  Returns (trainer,
     history) with, per step, the mean preference, KL estimate, loss and the rest of the step's
-    stats, plus ``monitor(texts_y)``'s numbers."""
+    stats, plus ``monitor(texts_y)``'s numbers.  ``on_step(step, policy)`` runs after every update
+    (e.g. :class:`pluralign.frontier.Checkpoints`)."""
     policy = lm.load_causal_lm(base_path, tokenizer)
     trainer = NashMD(policy, tokenizer, config)
     g = torch.Generator().manual_seed(config.seed)
@@ -525,4 +659,6 @@ def train_nash_md(base_path: str, tokenizer, preference, prompts: list[str], ste
         if monitor is not None:
             row.update(monitor(texts_y))
         history.append(row)
+        if on_step is not None:
+            on_step(step, trainer.model)
     return trainer, history

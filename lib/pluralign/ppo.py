@@ -13,6 +13,9 @@ dropout off) and drops the Trainer ceremony.  One iteration on B queries x:
   update    ppo_epochs passes over shuffled minibatches, advantages whitened, minimising
             −min(ρ_t A_t, clip(ρ_t, 1±ε) A_t) + c_v · ½ max((V_t − R_t)², (clip V_t − R_t)²),
             ρ_t = π_θ(y_t) / π_old(y_t); gradient-norm clipping; one AdamW step per minibatch.
+  schedule  the learning rate stays fixed or decays to 0 over total_steps iterations (cosine,
+            linear); β stays fixed or, with a kl_target, adapts (Ziegler et al. 2019):
+            β ← β (1 + clip(KL / kl_target − 1, ±0.2) · B / kl_horizon), KL = mean_b Σ_t log π_old/π_ref.
 
 Shapes: B sequences, Q query positions (left-padded), T response positions (right-padded).
 Token t of the response is predicted by the logits at position Q − 1 + t of query+response.
@@ -23,6 +26,7 @@ the same network with adapters disabled, so one copy of the weights serves both.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,8 @@ import torch.nn as nn
 
 __all__ = [
     "PPOConfig",
+    "LR_SCHEDULES",
+    "lr_multiplier",
     "ValueHead",
     "masked_mean",
     "whiten",
@@ -46,10 +52,16 @@ __all__ = [
 ]
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass
 class PPOConfig:
-    """Hyper-parameters (TRL's names where they exist).  kl_coef is β in the shaped reward;
-    cliprange/cliprange_value are ε for the ratio and the value; top_k=0 means no top-k;
+    """Hyper-parameters (TRL's names where they exist).  kl_coef is β in the shaped reward (the
+    initial β when kl_target is set: the adaptive controller of Ziegler et al. 2019 / TRL's
+    AdaptiveKLController, horizon kl_horizon); cliprange/cliprange_value are ε for the ratio and
+    the value; top_k=0 means no top-k, top_p=1 no nucleus cut; lr_schedule decays learning_rate to
+    0 over total_steps PPO iterations (calls to :meth:`PPO.step`; needed unless "constant");
     missing_eos_penalty is subtracted from the score of responses that never emit EOS."""
 
     batch_size: int = 64
@@ -66,7 +78,12 @@ class PPOConfig:
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_k: int = 0
+    top_p: float = 1.0
     max_grad_norm: float = 1.0
+    lr_schedule: str = "constant"
+    total_steps: int | None = None
+    kl_target: float | None = None
+    kl_horizon: int = 10000
     missing_eos_penalty: float | None = None
     seed: int = 0
 
@@ -93,10 +110,34 @@ class PPOConfig:
         for name in ("gamma", "lam"):
             need(is_num(getattr(self, name)) and 0 <= getattr(self, name) <= 1, name, "in [0, 1]")
         need(is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0 (0 = off)")
+        need(is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1] (1 = off)")
+        need(isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES, "lr_schedule",
+             f"one of {LR_SCHEDULES}")
+        need(self.total_steps is None or (is_int(self.total_steps) and self.total_steps >= 1), "total_steps",
+             "None or an integer >= 1")
+        need(self.lr_schedule == "constant" or self.total_steps is not None, "total_steps",
+             f"an integer >= 1 when lr_schedule={self.lr_schedule!r}")
+        need(self.kl_target is None or (is_num(self.kl_target) and self.kl_target > 0), "kl_target",
+             "None or a finite number > 0")
+        need(is_int(self.kl_horizon) and self.kl_horizon >= 1, "kl_horizon", "an integer >= 1")
         need(self.missing_eos_penalty is None or is_num(self.missing_eos_penalty), "missing_eos_penalty",
              "None or a finite number")
         need(isinstance(self.whiten_rewards, bool), "whiten_rewards", "a bool")
         need(is_int(self.seed), "seed", "an integer")
+
+
+def lr_multiplier(schedule: str, k: int, total_steps: int | None) -> float:
+    """learning_rate's factor at iteration k (k PPO steps done): 1 for "constant"; with
+    κ = min(k, total_steps) / total_steps, ½(1 + cos πκ) for "cosine" and 1 − κ for "linear",
+    so 1 at iteration 0 and 0 from iteration total_steps on."""
+    if schedule == "constant":
+        return 1.0
+    frac = min(k, total_steps) / total_steps
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    if schedule == "linear":
+        return 1.0 - frac
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 class ValueHead(nn.Module):
@@ -268,8 +309,12 @@ class PPO:
     Reference policy: the adapter-disabled model for a PeftModel (ref_model must be None),
     else ``ref_model`` or a frozen deepcopy of the initial model.  A zero-initialised
     :class:`ValueHead` on the last hidden state; one AdamW (no weight decay) over the trainable
-    parameters of the policy and the head.  ``torch.manual_seed(config.seed)`` is called here (sampling uses the
-    global generator); minibatch shuffles use a private generator seeded likewise.  Dropout is
+    parameters of the policy and the head, its learning rate driven by ``lr_scheduler`` (a LambdaLR
+    stepped once per :meth:`step`).  ``kl_coef`` is the current β (the config's is only the
+    initial one); ``n_updates`` counts the optimizer steps taken so far (ppo_epochs ×
+    batch_size / mini_batch_size per :meth:`step`).  ``torch.manual_seed(config.seed)`` is called
+    here (sampling uses the global generator); minibatch shuffles use a private generator seeded
+    likewise.  Dropout is
     off throughout (the model is kept in eval mode, as TRL's PPO disables dropout), so old and new
     log-probs are one function: with dropout on, ρ = π_θ/π_old would differ from 1 even before
     the first update, by noise alone, and the clipping would act on that noise.  (For that reason
@@ -300,8 +345,12 @@ class PPO:
         self.value_head = ValueHead(model.config.hidden_size).to(self.device, self.dtype)
         self.params = [q for q in model.parameters() if q.requires_grad] + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)  # HF/TRL default
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, functools.partial(lr_multiplier, cfg.lr_schedule, total_steps=cfg.total_steps))
+        self.kl_coef = cfg.kl_coef  # β: fixed, or adapted after every step when cfg.kl_target is set
+        self.n_updates = 0  # optimizer steps so far
         self.generation_kwargs = dict(
-            do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=1.0, repetition_penalty=1.0,
+            do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=1.0,
             max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, use_cache=True,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
@@ -323,9 +372,10 @@ class PPO:
     def rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> Rollout:
         """Sample one response per left-padded query (B, Q); score nothing yet.
 
-        Sampling is softmax(logits / temperature), cut to the top_k tokens when top_k > 0 (the
-        log-probs stay those of the uncut softmax, as in TRL).  Other logit processors left in
-        ``model.generation_config`` would make the samples off-policy: clear them."""
+        Sampling is softmax(logits / temperature), cut to the top_k tokens when top_k > 0 and then
+        to the nucleus (the most probable tokens whose mass reaches top_p) when top_p < 1; the
+        log-probs stay those of the uncut temperature softmax, as in TRL.  Other logit processors
+        left in ``model.generation_config`` would make the samples off-policy: clear them."""
         query_ids, query_mask = query_ids.to(self.device), query_mask.to(self.device).long()
         if not bool(query_mask[:, -1].all()):
             raise ValueError("queries must be left-padded (tokenizer.padding_side = 'left')")
@@ -342,8 +392,11 @@ class PPO:
 
     # -- update ----------------------------------------------------------------------------
     def step(self, rollout: Rollout, scores) -> dict:
-        """One PPO update from a rollout and its sequence scores (B,).  Returns mean stats."""
+        """One PPO iteration from a rollout and its sequence scores (B,).  Returns mean stats, among
+        them learning_rate and kl_coef, the lr and β this iteration used.  Afterwards the lr
+        schedule advances one iteration and, when kl_target is set, β adapts to the stat kl."""
         cfg = self.config
+        lr, beta = self.optimizer.param_groups[0]["lr"], self.kl_coef
         B, Q = len(rollout), rollout.query_ids.shape[1]
         mask = rollout.response_mask.to(self.dtype)
         scores = torch.as_tensor(scores, dtype=self.dtype, device=self.device).reshape(-1)
@@ -354,7 +407,7 @@ class PPO:
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~has_eos).to(self.dtype)
 
-        rewards, kl = per_token_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, cfg.kl_coef)
+        rewards, kl = per_token_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
@@ -378,6 +431,7 @@ class PPO:
                 loss.backward()
                 st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
                 self.optimizer.step()
+                self.n_updates += 1
                 st["entropy"] = float(masked_mean(ent, m))
                 for k, x in st.items():
                     sums[k] = sums.get(k, 0.0) + x
@@ -385,12 +439,18 @@ class PPO:
         stats = {
             "score": float(raw_scores.mean()),
             "kl": float(kl.sum(1).mean()),
-            "non_score_reward": float((-cfg.kl_coef * kl).sum(1).mean()),
+            "non_score_reward": float((-beta * kl).sum(1).mean()),
             "rlhf_reward": float(rewards.sum(1).mean()) if not cfg.whiten_rewards else float("nan"),
             "response_length": float(lengths.float().mean()),
             "eos_frac": float(has_eos.float().mean()),
+            "learning_rate": float(lr),
+            "kl_coef": float(beta),
         }
         stats.update({k: x / n for k, x in sums.items()})
+        if cfg.kl_target is not None:  # Ziegler et al. 2019: proportional control of log β, n_steps = B
+            e = min(max(stats["kl"] / cfg.kl_target - 1.0, -0.2), 0.2)
+            self.kl_coef = beta * (1.0 + e * B / cfg.kl_horizon)
+        self.lr_scheduler.step()
         return stats
 
     # -- helpers ---------------------------------------------------------------------------

@@ -1,0 +1,97 @@
+"""The KL frontier: what a policy gains (win rate against the base policy) for how far it moved
+(KL(π ‖ base)), measured at checkpoints along training on held-out prompts.
+
+Every method-vs-method claim in the compendium is made at matched KL: two methods are compared
+where both have moved equally far from the base policy (:func:`pluralign.intervals.at_kl`
+interpolates each run's per-prompt wins between the checkpoints that bracket a KL value).
+
+KL estimate.  For a prompt x and one response y ~ π_T(·|x) sampled at temperature T,
+
+    k(x, y) = Σ_t log π_T(y_t | x, y_<t) − log μ_T(y_t | x, y_<t)
+
+(both models' logits divided by T, EOS included, padding excluded) is an unbiased one-sample
+estimate of KL(π_T(·|x) ‖ μ_T(·|x)) — the quantity PPO's penalty and Nash-MD's τ regularise —
+and its mean over prompts estimates E_x KL.  ``tests/test_frontier.py`` checks it against the
+exact KL of a tiny model, computed by enumerating every response.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from . import lm
+from .ppo import response_logprobs_and_values, truncate_after_eos
+
+__all__ = ["sample_with_kl", "sequence_logprob", "Checkpoints"]
+
+
+@torch.no_grad()
+def sequence_logprob(model, ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int, response_mask,
+                     temperature: float) -> torch.Tensor:
+    """Σ_t log π_T(y_t) over the response tokens of left-padded query + response ids (B, Q+T): (B,)."""
+    lp, _, _ = response_logprobs_and_values(model, None, ids, attention_mask, n_query, temperature)
+    return (lp * response_mask.to(lp.dtype)).sum(1)
+
+
+@torch.no_grad()
+def sample_with_kl(model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+                   top_p: float = 1.0, batch_size: int = 256, seed: int = 0):
+    """One response per prompt, exactly as :func:`pluralign.lm.sample` draws it (same ``generate``
+    call, same seed, so the same texts), plus each response's KL estimate k(x, y) against
+    ``ref_model`` (module docstring).  Returns (texts, kl (N,) float64).
+
+    The generation call is repeated here rather than taken from ``lm.sample`` because the KL
+    needs the sampled token ids, which decoded texts do not give back (a re-tokenised text can
+    split differently)."""
+    torch.manual_seed(seed)
+    model.eval()
+    ref_model.eval()
+    texts, kls = [], []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = lm.encode_prompts(tokenizer, prompts[i:i + batch_size])
+        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+                             top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        Q = ids.shape[1]
+        new = gen[:, Q:]
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+        response, rmask = truncate_after_eos(new, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        full = torch.cat([ids, response], 1)
+        am = torch.cat([mask, rmask.long()], 1)
+        kl = (sequence_logprob(model, full, am, Q, rmask, temperature)
+              - sequence_logprob(ref_model, full, am, Q, rmask, temperature))
+        kls.append(kl.double())
+    return [t.strip() for t in texts], (torch.cat(kls) if kls else torch.zeros(0, dtype=torch.float64))
+
+
+class Checkpoints:
+    """Evaluate a policy on held-out prompts every ``every`` training iterations (and at the
+    last one): pass an instance as a trainer's ``on_step(step, model)``.
+
+    Each evaluation samples one response per prompt (seed ``seed``, the same for every
+    checkpoint and every policy, as the final evaluation does) and records its text and KL
+    against ``ref_model``.  :meth:`frame` returns one row per (checkpoint, prompt): step, prompt
+    (its index), response, kl, plus the tags given."""
+
+    def __init__(self, ref_model, tokenizer, prompts: list[str], every: int, last: int, max_new_tokens: int,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0):
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        self.ref_model, self.tokenizer, self.prompts = ref_model, tokenizer, prompts
+        self.every, self.last = every, last
+        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        self.rows: list[pd.DataFrame] = []
+
+    def __call__(self, step: int, model) -> None:
+        if step % self.every and step != self.last:
+            return
+        texts, kl = sample_with_kl(model, self.ref_model, self.tokenizer, self.prompts, **self.kw)
+        self.rows.append(pd.DataFrame({"step": step, "prompt": range(len(texts)), "response": texts,
+                                       "kl": kl.numpy()}))
+
+    def frame(self, **tags) -> pd.DataFrame:
+        out = pd.concat(self.rows, ignore_index=True) if self.rows else pd.DataFrame(
+            columns=["step", "prompt", "response", "kl"])
+        for k, v in tags.items():
+            out.insert(0, k, v)
+        return out

@@ -1,0 +1,75 @@
+"""The frontier's KL estimate against an exact KL on a tiny model, and its checkpoint recorder."""
+import pytest
+import torch
+
+from pluralign import frontier, lm
+
+WORDS = [f"w{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    tok = lm.build_word_tokenizer(WORDS)
+    policy = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=32, seed=0, dropout=0.0).eval()
+    ref = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=32, seed=1, dropout=0.0).eval()
+    with torch.no_grad():  # make the two models disagree clearly
+        policy.lm_head.weight.mul_(8.0)
+    return tok, policy, ref
+
+
+@torch.no_grad()
+def exact_kl(policy, ref, tok, prompt, L, T):
+    """KL(π_T ‖ μ_T) over every response of at most L tokens (EOS stops it), by enumeration:
+    Σ over unfinished prefixes of P_π(prefix) · KL(π(·|prefix) ‖ μ(·|prefix))."""
+    ids, mask = lm.encode_prompts(tok, [prompt])
+    eos = tok.eos_token_id
+    frontier_ = [([], 1.0)]
+    total = 0.0
+    for _ in range(L):
+        nxt = []
+        for prefix, p in frontier_:
+            x = torch.cat([ids, torch.tensor([prefix], dtype=torch.long).view(1, -1)], 1)
+            lp = torch.log_softmax(policy(input_ids=x).logits[0, -1].double() / T, -1)
+            lq = torch.log_softmax(ref(input_ids=x).logits[0, -1].double() / T, -1)
+            total += p * float((lp.exp() * (lp - lq)).sum())
+            for v in range(len(lp)):
+                if v != eos:
+                    nxt.append((prefix + [v], p * float(lp[v].exp())))
+        frontier_ = nxt
+    return total
+
+
+def test_kl_estimate_matches_the_exact_kl(setup):
+    tok, policy, ref = setup
+    L, T, n = 3, 0.7, 3000
+    exact = exact_kl(policy, ref, tok, "w1 w2", L, T)
+    texts, kl = frontier.sample_with_kl(policy, ref, tok, ["w1 w2"] * n, L, temperature=T, seed=0)
+    assert len(texts) == n and kl.shape == (n,)
+    se = float(kl.std()) / n ** 0.5
+    assert exact > 0.05  # the models do disagree
+    assert abs(float(kl.mean()) - exact) < 4 * se, (float(kl.mean()), exact, se)
+    # the same model as reference: exactly zero
+    _, zero = frontier.sample_with_kl(policy, policy, tok, ["w1 w2"] * 8, L, temperature=T, seed=0)
+    assert torch.allclose(zero, torch.zeros(8, dtype=torch.float64), atol=1e-6)
+
+
+def test_texts_are_those_lm_sample_draws(setup):
+    tok, policy, ref = setup
+    prompts = ["w1", "w2 w3", "w4 w5 w0", "w3"] * 5
+    texts, _ = frontier.sample_with_kl(policy, ref, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
+    assert texts == lm.sample(policy, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
+
+
+def test_checkpoints_record_every_n_steps_and_the_last(setup):
+    tok, policy, ref = setup
+    ck = frontier.Checkpoints(ref, tok, ["w1", "w2"], every=2, last=5, max_new_tokens=3, temperature=0.7)
+    for step in range(1, 6):
+        ck(step, policy)
+    frame = ck.frame(method="m", seed=0)
+    assert sorted(frame.step.unique()) == [2, 4, 5] and len(frame) == 6
+    assert list(frame.columns[:2]) == ["seed", "method"] and frame.prompt.tolist() == [0, 1] * 3
+    # one sampling seed for every checkpoint: the same policy gives the same answers each time
+    assert frame[frame.step == 2].response.tolist() == frame[frame.step == 4].response.tolist()
+    with pytest.raises(ValueError, match="every"):
+        frontier.Checkpoints(ref, tok, ["w1"], every=0, last=5, max_new_tokens=3)

@@ -1,0 +1,89 @@
+"""The GPT-2 runs' plan, learning-rate picks, equal budgets and matched-KL comparisons."""
+import pandas as pd
+import pytest
+import torch
+
+from pluralign import corpus, lm, lmruns
+from pluralign.maxmin_ppo import GroupRewards, train_policy
+from pluralign.nash_md_lm import NashMDConfig, train_nash_md
+from pluralign.ppo import PPOConfig
+
+
+def test_plan_gives_each_method_its_seeds():
+    specs = lmruns.plan_align([1, 10], ["single", "maxmin"], 10, ["sample_min"], [0, 1, 2, 3, 4], [0, 1, 2], [0, 1],
+                              {"single": 1e-3, "maxmin": 2e-3, "sample_min": 2e-3}, "out")
+    count = pd.DataFrame(specs).groupby(["ratio", "method"]).seed.nunique().to_dict()
+    assert count == {(1, "maxmin"): 2, (1, "single"): 2, (10, "maxmin"): 5, (10, "sample_min"): 3, (10, "single"): 5}
+    assert {s["out"] for s in specs if s["method"] == "single" and s["ratio"] == 10} == {
+        f"out/ratio_10/single_seed{i}" for i in range(5)}
+    assert all(s["role"] == "final" and s["kind"] == "ppo" for s in specs)
+
+
+def test_learning_rate_picks_follow_each_goal_and_variants_inherit():
+    trials = pd.DataFrame({"method": ["single"] * 3 + ["maxmin"] * 3, "lr": [1e-3, 2e-3, 5e-4] * 2,
+                           "score": [0.6, 0.7, 0.7, 0.5, 0.4, 0.3]})
+    picks = lmruns.pick_learning_rates(trials)
+    assert picks == {"single": 5e-4, "maxmin": 1e-3}  # a tie goes to the smaller learning rate
+    assert lmruns.learning_rates(picks, ["single", "maxmin", "sample_min", "maxmin_oracle"]) == {
+        "single": 5e-4, "maxmin": 1e-3, "sample_min": 1e-3, "maxmin_oracle": 1e-3}
+    with pytest.raises(ValueError, match="no learning rate"):
+        lmruns.learning_rates({"single": 1e-3}, ["sample_min"])
+    with pytest.raises(ValueError, match="no learning-rate trials"):
+        lmruns.pick_learning_rates(trials.iloc[:0])
+    assert lmruns.goal_of("maxmin") == "worst" and lmruns.goal_of("nash β=0.125") == "pooled"
+
+
+def test_goal_scores():
+    frame = pd.DataFrame({"win_majority": [1.0, 1.0, 0.5, 1.0], "win_minority": [0.0, 0.5, 0.0, 0.5]})
+    shares = {"majority": 0.75, "minority": 0.25}
+    assert lmruns.goal_score(frame, "pooled", shares) == pytest.approx(0.75 * 0.875 + 0.25 * 0.25)
+    assert lmruns.goal_score(frame, "worst", shares) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="goal"):
+        lmruns.goal_score(frame, "best", shares)
+
+
+def test_scoring_counts_ties_as_half_and_strict_on_request():
+    frame = pd.DataFrame({"step": 1, "prompt": [0, 1, 2], "response": ["aa", "b", "ccc"], "kl": 0.0})
+    base = pd.DataFrame({"prompt": [0, 1, 2], "response": ["x", "yy", "zzz"]})
+    scored = lmruns.score_checkpoints(frame, base, {"len": lambda ts: torch.tensor([float(len(t)) for t in ts])}, strict=True)
+    assert scored.win_len.tolist() == [1.0, 0.0, 0.5] and scored.strict_len.tolist() == [1.0, 0.0, 0.0]
+
+
+def _runs(method, seeds, kls, wins):
+    """Checkpoint rows for runs whose per-prompt wins are ``wins[c]`` at KL ``kls[c]`` (2 prompts)."""
+    rows = []
+    for s in seeds:
+        for c, (k, w) in enumerate(zip(kls, wins)):
+            rows += [{"ratio": 10, "method": method, "seed": s, "step": 10 * c, "prompt": p, "kl": k, "win": w[p]}
+                     for p in range(2)]
+    return rows
+
+
+def test_matched_kl_compares_at_the_largest_kl_both_reach():
+    # a moves to KL 4 and wins 1.0 there; b moves to KL 2 and wins 0.75; at KL 2 a wins 0.75 too
+    rows = _runs("a", [0, 1], [0.0, 4.0], [[0.5, 0.5], [1.0, 1.0]]) + _runs("b", [0, 1, 2], [0.0, 2.0], [[0.5, 0.5], [0.75, 0.75]])
+    r = lmruns.matched_kl(pd.DataFrame(rows), "a", "b", "win", n_boot=200, seed=0)
+    assert r["kl"] == 2.0
+    assert r["a"]["mean"] == pytest.approx(0.75) and r["b"]["mean"] == pytest.approx(0.75)
+    assert r["difference"]["mean"] == pytest.approx(0.0) and r["difference"]["seeds"] == 2  # paired by rank
+
+
+def test_equal_budgets_ppo_and_nash_md_take_the_same_number_of_updates(tmp_path):
+    torch.set_num_threads(1)
+    tok = lm.build_word_tokenizer(corpus.vocabulary())
+    lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=64).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prompts = ["the movie", "i watched it", "the acting was", "what a"] * 4
+
+    class Length(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, **_):
+            return type("Out", (), {"logits": attention_mask.sum(1, keepdim=True).float()})()
+
+    rewards = GroupRewards([Length()], tok).fit_standardisation(prompts, [" the movie was great .", " ok ."] * 8)
+    steps, budget = 2, dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=5, seed=0)
+    seen = []
+    ppo, _ = train_policy(str(tmp_path), tok, rewards, prompts, "single", steps, PPOConfig(**budget), progress=False,
+                          on_step=lambda step, model: seen.append(step))
+    nash, _ = train_nash_md(str(tmp_path), tok, lambda x, y, yp: torch.full((len(x),), 0.6), prompts, steps,
+                            NashMDConfig(**budget, tau=0.05), progress=False)
+    assert ppo.n_updates == nash.n_updates == steps * 2 * (8 // 4) and seen == [1, 2]
