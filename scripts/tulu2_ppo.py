@@ -87,6 +87,7 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", required=True, help="alpaca-style prompts: path or http(s) URL")
     ap.add_argument("--cache-dir", default=None, help="where URLs are downloaded to")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=None, help="this run's seed (default: the first of tulu_align.seeds)")
     ap.add_argument("--cpu", action="store_true", help="force CPU even if a GPU is visible")
     args = ap.parse_args(argv)
     try:
@@ -94,6 +95,9 @@ def main(argv=None) -> None:
     except ParamError as e:
         raise SystemExit(f"error: {e}") from None
     p["rule"] = args.rule
+    p["seed"] = p["seeds"][0] if args.seed is None else args.seed
+    if p["seed"] < 0:
+        raise SystemExit(f"error: --seed must be >= 0, got {p['seed']}")
     if p["rule"] == "single" and len(args.rewards) != 1:
         raise SystemExit(f"error: rule 'single' takes one reward model, got {len(args.rewards)}")
 
@@ -118,7 +122,9 @@ def main(argv=None) -> None:
                                   device=device)
     rewards = GroupRewards(rms, tok)
     cfg = PPOConfig(batch_size=p["batch_size"], mini_batch_size=p["mini_batch_size"], ppo_epochs=p["ppo_epochs"],
-                    learning_rate=p["lr"], kl_coef=p["kl_coef"], max_new_tokens=p["max_new_tokens"],
+                    learning_rate=p["lr"], kl_coef=p["kl_coef"], kl_target=p["kl_target"], kl_horizon=p["kl_horizon"],
+                    lr_schedule=p["lr_schedule"], total_steps=p["steps"] if p["lr_schedule"] != "constant" else None,
+                    top_p=p["top_p"], max_new_tokens=p["max_new_tokens"],
                     temperature=p["temperature"], seed=p["seed"] + rank)  # own samples per process
     ppo = PPO(policy, tok, cfg)
     if world > 1:
@@ -158,6 +164,10 @@ def main(argv=None) -> None:
             reward, group = combine(scores, p["rule"])
             mine = reward[rank * len(batch):(rank + 1) * len(batch)]
             stats = ppo.step(roll, mine)
+        if world > 1 and p["kl_target"] is not None:
+            # one beta for every process: each adapted it from its own share's KL; their mean is the
+            # controller applied to the mean KL (exactly, while no process's error is clipped)
+            ppo.kl_coef = float(accelerator.reduce(torch.tensor(ppo.kl_coef, device=device), "mean"))
         row = {"step": step, "group": group, "seconds": time.perf_counter() - t0,
                **{f"reward_{k}": float(s.mean()) for k, s in enumerate(scores)}, **stats}
         history.append(row)

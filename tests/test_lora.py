@@ -215,7 +215,7 @@ PARAMS = """tulu2:
   judge: rule
   judge_model: ""
 tulu_align:
-  seed: 0
+  seeds: [0, 1]
   methods: [maxmin]
   steps: 2
   batch_size: 4
@@ -223,6 +223,10 @@ tulu_align:
   ppo_epochs: 1
   lr: 0.001
   kl_coef: 0.05
+  kl_target: 0.5
+  kl_horizon: 100
+  lr_schedule: cosine
+  top_p: 0.95
   n_standardise: 4
   n_prompts: 0
   lora_r: 4
@@ -248,11 +252,15 @@ def test_tulu2_ppo_script_runs_two_steps(base, tmp_path):
     (tmp_path / "params.yaml").write_text(PARAMS)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, str(ROOT / "scripts" / "tulu2_ppo.py"), "--params", str(tmp_path / "params.yaml"),
-           "--rule", "argmin", "--base", path, "--rewards", *folders, "--prompts", str(data["prompts"]), "--out", str(tmp_path / "out")]
+           "--rule", "argmin", "--base", path, "--rewards", *folders, "--prompts", str(data["prompts"]), "--out", str(tmp_path / "out"),
+           "--seed", "1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2] and all(h["group"] in (0, 1) for h in history)
+    # the paper profile's settings reach the trainer: the cosine schedule decays, the controller moves beta
+    assert history[0]["learning_rate"] == pytest.approx(0.001) and history[1]["learning_rate"] == pytest.approx(0.0005)
+    assert history[1]["kl_coef"] != history[0]["kl_coef"]
     assert (tmp_path / "out" / "policy" / "adapter_config.json").exists()
     assert (tmp_path / "out" / "policy" / "value_head.safetensors").exists()
     assert not list((tmp_path / "out").rglob("*.pt"))  # no pickles

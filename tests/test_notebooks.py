@@ -72,5 +72,7 @@ def test_tulu2_notebooks_run_in_order_smoke(root, tmp_path, monkeypatch):
                             kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
     metrics = json.loads((res / "metrics" / "14_tulu2_align.json").read_text())
     assert set(metrics["win_rate_vs_base"]) == {"single majority", "single minority", "maxmin majority", "maxmin minority"}
-    assert (data / "tulu2_policies" / "maxmin" / "policy" / "adapter_config.json").exists()
+    assert (data / "tulu2_policies" / "maxmin_seed1" / "policy" / "adapter_config.json").exists()
+    assert set(metrics["minus_single"]) == {"maxmin majority", "maxmin minority"}
+    assert metrics["win_rate_vs_base"]["maxmin minority"]["seeds"] == 2
     assert json.loads((data / "tulu2" / "sources.json").read_text())["ppo_prompts"] == "raw/alpaca_prompts.json"

@@ -58,8 +58,9 @@ TINY.update({
                     "lora_alpha": 8, "lora_dropout": 0.1, "epochs": 1.0, "lr": 0.001, "batch_size": 8,
                     "max_length": 128, "em_iterations": 2, "vocab_size": 600, "base_hidden": 16, "base_layers": 1,
                     "pretrain_steps": 4, "min_steps": 2},
-    "tulu_align": {"seed": 0, "methods": ["single", "maxmin"], "steps": 1, "batch_size": 4, "mini_batch_size": 2,
-                   "ppo_epochs": 1, "lr": 0.001, "kl_coef": 0.05, "n_standardise": 4, "n_prompts": 0, "lora_r": 4,
+    "tulu_align": {"seeds": [0, 1], "methods": ["single", "maxmin"], "steps": 1, "batch_size": 4, "mini_batch_size": 2,
+                   "ppo_epochs": 1, "lr": 0.001, "kl_coef": 0.05, "kl_target": None, "kl_horizon": 10000,
+                   "lr_schedule": "constant", "top_p": 1.0, "n_standardise": 4, "n_prompts": 0, "lora_r": 4,
                    "lora_alpha": 8, "gradient_checkpointing": False, "n_boot": 100},
 })
 # the Tulu2 stages in order; each also takes the shared `tulu2` section

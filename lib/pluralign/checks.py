@@ -305,7 +305,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "min_steps": integer(0, 10_000_000),
     },
     "tulu_align": {
-        "seed": integer(0, SEED_MAX),
+        "seeds": seeds_for_intervals,                   # one policy per method and seed (scripts/tulu2_ppo.py --seed)
         "methods": list_of(one_of("single", "maxmin", "maxmin_oracle")),
         "steps": integer(1, 1_000_000),
         "batch_size": integer(1, 4096),           # per process
@@ -313,6 +313,10 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "ppo_epochs": integer(1, 100),
         "lr": positive,
         "kl_coef": number(0.0),
+        "kl_target": optional(positive, "null (fixed beta) or a number > 0"),
+        "kl_horizon": integer(1, 10**12),
+        "lr_schedule": one_of("constant", "cosine", "linear"),
+        "top_p": number(0.0, 1.0, lo_open=True),
         "n_standardise": integer(2, 1_000_000),        # base-policy samples per process for the reward z-scores
         "n_prompts": integer(0, 10_000_000),            # 0 = every prompt in the file
         "lora_r": integer(1, 1024),

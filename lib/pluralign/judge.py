@@ -119,6 +119,14 @@ def judge_pairs(judge: Judge, prompts, responses_a, responses_b, criterion: str)
     return verdicts, unparseable
 
 
+OUTCOME = {"A": 1.0, "tie": 0.5, "B": 0.0}  # a win for the response in position A; a tie counts ½
+
+
+def verdict_outcomes(verdicts) -> torch.Tensor:
+    """(N,) outcomes of "A" / "tie" / "B" verdicts: 1, ½, 0 (:mod:`pluralign.intervals`' definition)."""
+    return torch.tensor([OUTCOME[v] for v in verdicts], dtype=torch.float64)
+
+
 def summarise(verdicts, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, unparseable: int = 0) -> dict:
     """Counts of A (win), tie and B (loss); win rate with ties counted half, and its percentile
     bootstrap interval over prompts (``n_boot`` resamples, seeded); ``unparseable`` (the number of
@@ -126,7 +134,7 @@ def summarise(verdicts, n_boot: int = 2000, confidence: float = 0.95, seed: int 
     n = len(verdicts)
     if n == 0:
         raise ValueError("no verdicts to summarise")
-    s = torch.tensor([{"A": 1.0, "tie": 0.5, "B": 0.0}[v] for v in verdicts], dtype=torch.float64)
+    s = verdict_outcomes(verdicts)
     g = torch.Generator().manual_seed(seed)
     means = s[torch.randint(n, (n_boot, n), generator=g)].mean(1)
     tail = (1 - confidence) / 2
