@@ -54,11 +54,14 @@ def test_kl_estimate_matches_the_exact_kl(setup):
     assert torch.allclose(zero, torch.zeros(8, dtype=torch.float64), atol=1e-6)
 
 
-def test_texts_are_those_lm_sample_draws(setup):
+def test_nucleus_sampling_goes_through_generate_as_lm_sample_does(setup):
     tok, policy, ref = setup
     prompts = ["w1", "w2 w3", "w4 w5 w0", "w3"] * 5
-    texts, _ = frontier.sample_with_kl(policy, ref, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
-    assert texts == lm.sample(policy, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
+    texts, _ = frontier.sample_with_kl(policy, ref, tok, prompts, 5, temperature=0.7, top_p=0.9, seed=3, batch_size=8)
+    assert texts == lm.sample(policy, tok, prompts, 5, temperature=0.7, top_p=0.9, seed=3, batch_size=8)
+    plain, _ = frontier.sample_with_kl(policy, ref, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
+    again, _ = frontier.sample_with_kl(policy, ref, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
+    assert plain == again and len(plain) == len(prompts)
 
 
 def test_checkpoints_record_every_n_steps_and_the_last(setup):

@@ -87,3 +87,32 @@ def test_equal_budgets_ppo_and_nash_md_take_the_same_number_of_updates(tmp_path)
     nash, _ = train_nash_md(str(tmp_path), tok, lambda x, y, yp: torch.full((len(x),), 0.6), prompts, steps,
                             NashMDConfig(**budget, tau=0.05), progress=False)
     assert ppo.n_updates == nash.n_updates == steps * 2 * (8 // 4) and seen == [1, 2]
+
+
+def test_preference_columns_and_head_to_head_pair_the_same_prompts():
+    prompts = ["p0", "p1", "p2"]
+    base = pd.DataFrame({"prompt": [0, 1, 2], "response": ["b", "b", "b"]})
+    rows = pd.DataFrame([{"method": m, "seed": s, "step": 5, "prompt": p, "response": m * (p + 1), "kl": 0.0, "ratio": 10}
+                         for m in ("x", "y") for s in (0, 1) for p in range(3)])
+
+    def longer(xs, a, b):  # P(a ≻ b): 1 when a is longer, ½ on equal length
+        return torch.tensor([1.0 if len(u) > len(v) else 0.5 if len(u) == len(v) else 0.0 for u, v in zip(a, b)])
+
+    scored = lmruns.add_preference(rows, longer, prompts, base)
+    assert scored.pref.tolist() == [0.5, 1.0, 1.0] * 4  # " x" vs " b": equal length, then longer
+    h = lmruns.preference_head_to_head(scored, longer, prompts, "x", "y", 5, n_boot=200, seed=0)
+    assert h["mean"] == 0.5 and h["seeds"] == 2 and h["prompts"] == 3
+
+
+def test_win_matrix_intervals_bracket_the_matrix():
+    from pluralign import compare
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"base": [torch.rand(50, generator=g)],
+              "a": [torch.rand(50, generator=g) + 0.3 for _ in range(3)], "b": [torch.rand(50, generator=g) for _ in range(3)]}
+    W = compare.win_matrix(scores)
+    iv = compare.win_matrix_intervals(scores, n_boot=200, seed=0)
+    for x in scores:
+        for y in scores:
+            assert iv["lo"].loc[x, y] <= W.loc[x, y] + 1e-12 <= iv["hi"].loc[x, y] + 2e-12
+    assert iv["lo"].loc["a", "b"] > 0.5  # a's scores are shifted up: a clear win

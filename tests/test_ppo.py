@@ -187,6 +187,14 @@ def test_rollout_masks_after_first_eos_and_ignores_padding(tok):
     padded_am = torch.cat([torch.zeros(24, 3, dtype=torch.long), r.attention_mask], 1)
     lp2, _, _ = response_logprobs_and_values(model, ppo.value_head, padded_ids, padded_am, Q + 3, 1.0)
     torch.testing.assert_close(lp2[m], r.logprobs[m], atol=1e-5, rtol=1e-5)
+    # the LM head only on the response positions (logits_to_keep) gives the full forward's log-probs
+    with torch.no_grad():
+        pos = (r.attention_mask.cumsum(-1) - 1).clamp_min(0)
+        full = model(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=pos).logits[:, Q - 1:-1]
+        by_hand = torch.log_softmax(full, -1).gather(-1, r.response_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(lp[m], by_hand[m], atol=1e-5, rtol=1e-5)
+    _, _, no_entropy = response_logprobs_and_values(model, None, r.input_ids, r.attention_mask, Q, 1.0, entropy=False)
+    assert no_entropy is None
 
     # the stats count real tokens only; the first minibatch reproduces the rollout's log-probs
     stats = ppo.step(r, torch.zeros(24))
@@ -475,3 +483,20 @@ def test_n_updates_counts_optimizer_steps(tok):
     for k in range(1, 3):
         ppo.step(ppo.rollout(*q), torch.arange(8.0))
         assert ppo.n_updates == k * 3 * (8 // 2)
+
+
+def test_fused_gelu_is_the_same_function(tok):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from pluralign.ppo import fused_gelu
+
+    model = tiny_gpt2(tok).eval()
+    ids = torch.randint(4, len(tok), (3, 7))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert any(isinstance(m, NewGELUActivation) for m in model.modules())
+        fused_gelu(model)
+        after = model(input_ids=ids).logits
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    assert any(isinstance(m, GELUTanh) for m in model.modules())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

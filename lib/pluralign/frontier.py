@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from . import lm
-from .ppo import response_logprobs_and_values, truncate_after_eos
+from .ppo import response_logprobs_and_values, sample_responses
 
 __all__ = ["sample_with_kl", "sequence_logprob", "Checkpoints"]
 
@@ -29,33 +29,28 @@ __all__ = ["sample_with_kl", "sequence_logprob", "Checkpoints"]
 def sequence_logprob(model, ids: torch.Tensor, attention_mask: torch.Tensor, n_query: int, response_mask,
                      temperature: float) -> torch.Tensor:
     """Σ_t log π_T(y_t) over the response tokens of left-padded query + response ids (B, Q+T): (B,)."""
-    lp, _, _ = response_logprobs_and_values(model, None, ids, attention_mask, n_query, temperature)
+    lp, _, _ = response_logprobs_and_values(model, None, ids, attention_mask, n_query, temperature, entropy=False)
     return (lp * response_mask.to(lp.dtype)).sum(1)
 
 
 @torch.no_grad()
 def sample_with_kl(model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
                    top_p: float = 1.0, batch_size: int = 256, seed: int = 0):
-    """One response per prompt, exactly as :func:`pluralign.lm.sample` draws it (same ``generate``
-    call, same seed, so the same texts), plus each response's KL estimate k(x, y) against
-    ``ref_model`` (module docstring).  Returns (texts, kl (N,) float64).
-
-    The generation call is repeated here rather than taken from ``lm.sample`` because the KL
-    needs the sampled token ids, which decoded texts do not give back (a re-tokenised text can
-    split differently)."""
+    """One response per prompt, drawn as the trainers draw their rollouts
+    (:func:`pluralign.ppo.sample_responses`, seeded by ``seed``), plus each response's KL estimate
+    k(x, y) against ``ref_model`` (module docstring).  Returns (texts, kl (N,) float64); texts are
+    decoded without special tokens and stripped, as :func:`pluralign.lm.sample` returns them."""
     torch.manual_seed(seed)
     model.eval()
     ref_model.eval()
+    kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, max_new_tokens=max_new_tokens,
+              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     texts, kls = [], []
     for i in range(0, len(prompts), batch_size):
         ids, mask = lm.encode_prompts(tokenizer, prompts[i:i + batch_size])
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
-                             top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         Q = ids.shape[1]
-        new = gen[:, Q:]
-        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
-        response, rmask = truncate_after_eos(new, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        response, rmask = sample_responses(model, ids, mask, kw)
+        texts += tokenizer.batch_decode(response, skip_special_tokens=True)
         full = torch.cat([ids, response], 1)
         am = torch.cat([mask, rmask.long()], 1)
         kl = (sequence_logprob(model, full, am, Q, rmask, temperature)

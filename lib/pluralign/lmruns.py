@@ -52,7 +52,9 @@ def _tokenizer(base: str):
 
 @functools.lru_cache(maxsize=None)
 def _base(base: str):
-    return lm.load_causal_lm(base, _tokenizer(base))
+    from .ppo import fused_gelu
+
+    return fused_gelu(lm.load_causal_lm(base, _tokenizer(base)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,10 +93,16 @@ def preference_model(ctx: dict, kind: str):
 
         from . import pairwise
 
+        from .ppo import fused_gelu
+
         tok = _tokenizer(ctx["base"])
-        cache[key] = (pairwise.PairwisePreferenceModel.from_pretrained(ctx["preference_dir"], tok) if kind == "pairwise"
-                      else pairwise.BTPreference(AutoModelForSequenceClassification.from_pretrained(
-                          ctx["bt_reward_dir"]).eval(), tok))
+        if kind == "pairwise":
+            pref = pairwise.PairwisePreferenceModel.from_pretrained(ctx["preference_dir"], tok)
+            fused_gelu(pref.model)
+        else:
+            pref = pairwise.BTPreference(fused_gelu(AutoModelForSequenceClassification.from_pretrained(
+                ctx["bt_reward_dir"]).eval()), tok)
+        cache[key] = pref
     return cache[key]
 
 

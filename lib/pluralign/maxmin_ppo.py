@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from . import lm
-from .ppo import PPO, PPOConfig
+from .ppo import PPO, PPOConfig, fused_gelu
 from .reward_models import score
 
 __all__ = ["RULES", "GroupRewards", "combine", "train_policy"]
@@ -38,6 +38,10 @@ class GroupRewards:
     tokenizer: object
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+
+    def __post_init__(self):
+        for m in self.models:
+            fused_gelu(m)  # the same function, 7x faster on CPU (pluralign.ppo.fused_gelu)
 
     def raw(self, prompts, responses) -> torch.Tensor:
         return torch.stack([score(m, self.tokenizer, prompts, responses) for m in self.models])

@@ -54,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 from . import lm
-from .ppo import Rollout, _is_peft, response_logprobs_and_values, truncate_after_eos
+from .ppo import Rollout, _is_peft, fused_gelu, response_logprobs_and_values, sample_responses, truncate_after_eos
 
 __all__ = [
     "NashMDConfig",
@@ -74,6 +74,7 @@ __all__ = [
 
 
 OPPONENTS = ("mixture", "ema", "ema_mixture")
+OPPONENT_STREAM = 7_919  # offset of the opponent's seed from the policy's (any value but 0)
 
 
 @dataclass
@@ -431,8 +432,8 @@ class NashMD:
     base; ``ema_model`` is None), else ``ema_model``, a frozen deepcopy.  One AdamW (no weight
     decay) over the trainable parameters; ``n_updates`` counts its steps so far (ppo_epochs ·
     ⌈B / mini_batch_size⌉ per :meth:`step`).  ``torch.manual_seed(config.seed)`` is called here
-    (``generate`` uses the global generator); y' is drawn with a private generator seeded likewise,
-    and minibatches are shuffled with another (so that minibatching leaves the draws of y' alone)."""
+    (y is drawn from the global generator); y' with a private generator seeded config.seed +
+    OPPONENT_STREAM (another stream: see ``__init__``), and minibatches are shuffled with another (so that minibatching leaves the draws of y' alone)."""
 
     def __init__(self, model, tokenizer, config: NashMDConfig | None = None, ref_model=None):
         self.config = cfg = config if config is not None else NashMDConfig()
@@ -444,11 +445,11 @@ class NashMD:
         self.is_peft = _is_peft(model)
         if self.is_peft and ref_model is not None:
             raise ValueError("ref_model must be None for a PeftModel: the reference is the adapter-disabled model")
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer = fused_gelu(model).eval(), tokenizer
         self.device = next(model.parameters()).device
         self.ref_model = None
         if not self.is_peft:
-            self.ref_model = (ref_model if ref_model is not None else copy.deepcopy(model)).eval()
+            self.ref_model = fused_gelu(ref_model if ref_model is not None else copy.deepcopy(model)).eval()
             self.ref_model.requires_grad_(False)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.policy_adapter = model.active_adapter if self.is_peft else None
@@ -464,7 +465,10 @@ class NashMD:
                               if p.requires_grad]
         # seeded after add_ema_adapter, whose initialisation draws from the global generator
         torch.manual_seed(cfg.seed)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        # y' draws from its own stream, never the one y draws from: y and y' sample by the same
+        # inverse CDF (pluralign.ppo.sample_responses), so with one seed and π' = π_θ (β = 0, or at
+        # the start, when θ = μ) they would be the same responses and P(y ≻ y') would be ½ throughout
+        self.generator = torch.Generator().manual_seed(cfg.seed + OPPONENT_STREAM)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
         self.n_updates = 0
@@ -507,19 +511,18 @@ class NashMD:
     # -- rollout ---------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> NashMDRollout:
-        """y ~ π_θ (``generate``), y' ~ π' (:meth:`sample_opponent`), and log μ(y_t)."""
+        """y ~ π_θ (:func:`pluralign.ppo.sample_responses`), y' ~ π' (:meth:`sample_opponent`), and log μ(y_t)."""
         cfg, tok = self.config, self.tokenizer
         query_ids, query_mask = query_ids.to(self.device), query_mask.to(self.device).long()
         _check_left_padded(query_mask)
         Q = query_ids.shape[1]
-        out = self.model.generate(input_ids=query_ids, attention_mask=query_mask, **self.generation_kwargs)
-        response, mask = truncate_after_eos(out[:, Q:], tok.eos_token_id, tok.pad_token_id)
+        response, mask = sample_responses(self.model, query_ids, query_mask, self.generation_kwargs)
         opponent, opponent_mask = self.sample_opponent(query_ids, query_mask)
         ids = torch.cat([query_ids, response], 1)
         am = torch.cat([query_mask, mask.long()], 1)
         ref = self.ref_model if self.ref_model is not None else self.model
         with self.model.disable_adapter() if self.is_peft else nullcontext():
-            ref_lp, _, _ = response_logprobs_and_values(ref, None, ids, am, Q, cfg.temperature)
+            ref_lp, _, _ = response_logprobs_and_values(ref, None, ids, am, Q, cfg.temperature, entropy=False)
         return NashMDRollout(query_ids, query_mask, response, mask, opponent, opponent_mask, ref_lp)
 
     # -- update ----------------------------------------------------------------------------
@@ -562,7 +565,7 @@ class NashMD:
             # columns that are padding for every row of idx are dropped, as in PPO.step
             T = int(lengths[idx].max())
             lp, _, _ = response_logprobs_and_values(self.model, None, ids[idx, :Q + T], am[idx, :Q + T], Q,
-                                                    cfg.temperature)
+                                                    cfg.temperature, entropy=False)
             return lp
 
         self.model.eval()
