@@ -25,7 +25,7 @@ TINY.update({
     "label": {"seed": 0, "ratios": [1, 3], "n_train_users": 4, "n_test_users": 4, "test_fraction": 0.5,
               "bt_temperature": 0.1},
     "reward": {"seed": 0, "ratios": [1, 3], "K": 2, "epochs": 1.0, "lr": 0.001, "batch_size": 8, "em_iterations": 2,
-               "em_init": "split+round_robin", "em_restarts": 1, "oracle_ratios": [3]},
+               "em_init": "split+round_robin", "em_restarts": 1, "oracle_ratios": [3], "workers": 2},
     "align": {"ratios": [1, 3], "seeds": [0, 1], "methods": ["single", "maxmin"], "headline_ratio": 3,
               "headline_methods": ["sample_min", "maxmin_oracle"], "variant_seeds": [0, 1], "sweep_seeds": [0, 1],
               "steps": 2, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "lr_grid": [0.001, 0.002],

@@ -166,6 +166,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "em_init": one_of("split+round_robin", "split", "round_robin", "mixed"),
         "em_restarts": integer(1, 100),
         "oracle_ratios": list_of(number(0.0, lo_open=True), min_len=0),
+        "workers": integer(1, 256),
     },
     "align": {
         "ratios": list_of(number(0.0, lo_open=True)),

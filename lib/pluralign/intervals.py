@@ -121,6 +121,9 @@ def interval(y, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
         draws = m + (draws - m) * math.sqrt(crossed_variance(y) / spread) * widen
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     lo, hi = torch.quantile(draws, q).tolist()
+    # a mean of values in [min y, max y] lies there too (a win rate in [0, 1], a difference in [−1, 1]):
+    # with few seeds the t widening can reach past it
+    lo, hi = max(lo, float(y.min())), min(hi, float(y.max()))
     return {"mean": m, "lo": lo, "hi": hi, "seeds": S, "prompts": N}
 
 

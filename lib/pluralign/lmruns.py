@@ -8,11 +8,9 @@ notebook.  :func:`run` trains from the base policy and evaluates along the way
 (:class:`pluralign.frontier.Checkpoints`): final runs on the test prompts every ``eval_every``
 iterations, trials on the validation prompts at their last iteration only.
 
-Why a process pool (:func:`run_all`) and not threads: the CPU profile's policies are tiny (0.95M
-parameters), so one run spends its time in per-operation overhead that a second thread barely
-shortens; two single-threaded processes, each with its own run, do about twice the work per
-second on 2 cores.  Every run sets one thread and its own seeds, so its numbers do not depend on
-which worker ran it or on how many workers there are.
+Runs go on a process pool (:func:`run_all`, :mod:`pluralign.parallel`): a tiny policy's run gains
+little from a second thread, while two single-threaded processes each run one at full speed.  Every
+run has one thread and its own seeds, so its numbers do not depend on the worker or on ``workers``.
 
 Equal budgets: every run, PPO or Nash-MD-PG, takes ``steps`` iterations of ``batch_size``
 rollouts and ``ppo_epochs × batch_size / mini_batch_size`` gradient updates per iteration;
@@ -21,7 +19,6 @@ rollouts and ``ppo_epochs × batch_size / mini_batch_size`` gradient updates per
 from __future__ import annotations
 
 import functools
-import os
 
 import pandas as pd
 import torch
@@ -113,70 +110,49 @@ def run(ctx: dict, spec: dict) -> dict:
     """Train one policy from the base policy as ``spec`` says, evaluating it along the way.
 
     Returns {"spec", "history" (one dict per iteration), "checkpoints" (DataFrame: step,
-    prompt, response, kl), "n_updates"}; saves the policy to spec["out"] when it is set."""
+    prompt, response, kl), "n_updates"}; saves the policy to spec["out"] when it is set.  Runs on
+    the caller's threads (:func:`run_all` gives each run one)."""
     from .maxmin_ppo import train_policy
     from .nash_md_lm import NashMDConfig, train_nash_md
     from .ppo import PPOConfig
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        base = ctx["base"]
-        tok, ref = _tokenizer(base), _base(base)
-        truth = judges(ctx["profile"], base, ctx["max_new_tokens"], ctx["classifier"], ctx["sentiment_model"])
-        final = spec["role"] == "final"
-        steps = ctx["steps"]
-        check = frontier.Checkpoints(ref, tok, ctx["eval_prompts"] if final else ctx["val_prompts"],
-                                     every=ctx["eval_every"] if final else steps, last=steps,
-                                     max_new_tokens=ctx["max_new_tokens"], temperature=ctx["temperature"],
-                                     top_p=ctx["ppo"].get("top_p", 1.0), seed=ctx["eval_seed"])
+    base = ctx["base"]
+    tok, ref = _tokenizer(base), _base(base)
+    truth = judges(ctx["profile"], base, ctx["max_new_tokens"], ctx["classifier"], ctx["sentiment_model"])
+    final = spec["role"] == "final"
+    steps = ctx["steps"]
+    check = frontier.Checkpoints(ref, tok, ctx["eval_prompts"] if final else ctx["val_prompts"],
+                                 every=ctx["eval_every"] if final else steps, last=steps,
+                                 max_new_tokens=ctx["max_new_tokens"], temperature=ctx["temperature"],
+                                 top_p=ctx["ppo"].get("top_p", 1.0), seed=ctx["eval_seed"])
 
-        def monitor(texts):
-            return {k: float(f(texts).mean()) for k, f in truth.items()}
+    def monitor(texts):
+        return {k: float(f(texts).mean()) for k, f in truth.items()}
 
-        if spec["kind"] == "ppo":
-            kind, rule = PPO_SOURCES[spec["method"]]
-            config = PPOConfig(**ctx["ppo"], learning_rate=spec["lr"], seed=spec["seed"],
-                               total_steps=steps if ctx["ppo"].get("lr_schedule", "constant") != "constant" else None)
-            trainer, history = train_policy(base, tok, _group_rewards(ctx, spec["ratio"], kind), ctx["prompts"], rule,
-                                            steps, config, progress=False, monitor=monitor, on_step=check)
-        elif spec["kind"] == "nash":
-            config = NashMDConfig(**ctx["nash"], beta=spec["beta"], learning_rate=spec["lr"], seed=spec["seed"])
-            trainer, history = train_nash_md(base, tok, preference_model(ctx, spec["preference"]), ctx["prompts"], steps,
-                                             config, progress=False, monitor=monitor, on_step=check)
-        else:
-            raise ValueError(f"spec kind must be 'ppo' or 'nash', got {spec['kind']!r}")
-        if spec.get("out"):
-            trainer.save_pretrained(spec["out"])
-        tags = {k: spec[k] for k in ("role", "kind", "method", "ratio", "seed", "lr")}
-        return {"spec": spec, "history": history, "checkpoints": check.frame(**tags), "n_updates": trainer.n_updates}
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _init_worker():
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    torch.set_num_threads(1)
+    if spec["kind"] == "ppo":
+        kind, rule = PPO_SOURCES[spec["method"]]
+        config = PPOConfig(**ctx["ppo"], learning_rate=spec["lr"], seed=spec["seed"],
+                           total_steps=steps if ctx["ppo"].get("lr_schedule", "constant") != "constant" else None)
+        trainer, history = train_policy(base, tok, _group_rewards(ctx, spec["ratio"], kind), ctx["prompts"], rule,
+                                        steps, config, progress=False, monitor=monitor, on_step=check)
+    elif spec["kind"] == "nash":
+        config = NashMDConfig(**ctx["nash"], beta=spec["beta"], learning_rate=spec["lr"], seed=spec["seed"])
+        trainer, history = train_nash_md(base, tok, preference_model(ctx, spec["preference"]), ctx["prompts"], steps,
+                                         config, progress=False, monitor=monitor, on_step=check)
+    else:
+        raise ValueError(f"spec kind must be 'ppo' or 'nash', got {spec['kind']!r}")
+    if spec.get("out"):
+        trainer.save_pretrained(spec["out"])
+    tags = {k: spec[k] for k in ("role", "kind", "method", "ratio", "seed", "lr")}
+    return {"spec": spec, "history": history, "checkpoints": check.frame(**tags), "n_updates": trainer.n_updates}
 
 
 def run_all(ctx: dict, specs: list[dict], workers: int, desc: str = "runs") -> list[dict]:
-    """:func:`run` for every spec, ``workers`` at a time (spawned processes; 1 = in this process),
-    with a progress bar over finished runs.  Results come back in the order of ``specs``."""
-    from tqdm.auto import tqdm
+    """:func:`run` for every spec, ``workers`` at a time on single-threaded spawned processes
+    (:func:`pluralign.parallel.map_processes`; 1 = in this process), results in the order of ``specs``."""
+    from .parallel import map_processes
 
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    if workers == 1 or len(specs) <= 1:
-        return [run(ctx, s) for s in tqdm(specs, desc=desc, mininterval=10)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    out = [None] * len(specs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        futures = {pool.submit(run, ctx, s): i for i, s in enumerate(specs)}
-        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, mininterval=10):
-            out[futures[f]] = f.result()
-    return out
+    return map_processes(run, ctx, specs, workers, desc)
 
 
 # -- tables ----------------------------------------------------------------------------------------
