@@ -45,7 +45,7 @@ readme-figures:
 	cp results/figures/01_gap_vs_diversity.png results/figures/02_em_run.png results/figures/02_em_sweeps.png \
 	   results/figures/03_nash_md_convergence.png results/figures/03_three_annotators.png results/figures/09_win_rates.png \
 	   results/figures/09_ratio_sweep.png results/figures/10_condorcet_groups.png results/figures/12_win_matrix.png \
-	   results/figures/14_tulu2_align.png docs/figures/
+	   results/figures/14_tulu2_align.png results/figures/09_kl_frontier.png results/figures/12_kl_frontier.png docs/figures/
 
 clean-venv:
 	rm -rf $(VENV)
