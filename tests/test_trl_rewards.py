@@ -102,3 +102,37 @@ def test_rloo_trainer_runs_with_maxmin_reward(base, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 2
     assert len(reward.picked) == 2 and set(reward.picked) <= {0, 1}
+
+
+def _global_means_worker(rank, world, init, shares, out):
+    import torch.distributed as dist
+
+    from pluralign.trl_rewards import batch_group_means
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        means = batch_group_means(shares[rank])
+        torch.save(means, f"{out}/means_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_argmin_is_over_the_global_batch_with_two_processes(tmp_path):
+    """Two gloo processes with uneven shares whose own argmins disagree: both get the means of the
+    concatenated batch, so both pick the group one process holding every completion would pick."""
+    import torch.multiprocessing as mp
+
+    from pluralign.trl_rewards import batch_group_means
+
+    # process 0 alone would pick group 1 (0.0 < 0.5), process 1 alone group 0 (−3 < −0.5);
+    # together group 0 is worst: (0.5·2 − 3·3) / 5 = −1.6 against (0·2 − 0.5·3) / 5 = −0.3
+    shares = [torch.tensor([[0.5, 0.5], [0.0, 0.0]]), torch.tensor([[-3.0, -3.0, -3.0], [-0.5, -0.5, -0.5]])]
+    init = f"file://{tmp_path}/rendezvous"
+    mp.spawn(_global_means_worker, args=(2, init, shares, str(tmp_path)), nprocs=2, join=True)
+    together = batch_group_means(torch.cat(shares, 1))
+    assert [int(batch_group_means(s).argmin()) for s in shares] == [1, 0]
+    for rank in range(2):
+        means = torch.load(tmp_path / f"means_{rank}.pt")
+        torch.testing.assert_close(means, together)
+        assert int(means.argmin()) == int(together.argmin()) == 0

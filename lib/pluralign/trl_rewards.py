@@ -8,9 +8,11 @@ turns the (K, B) scores into one reward per completion with :func:`pluralign.max
 ``argmin`` (the paper's Algorithm 2: the group with the lowest batch-mean reward drives the whole
 batch) or ``sample_min`` (the authors' released code: min over groups, per completion).
 
-"Batch" is one process's share of TRL's generation batch (per_device_train_batch_size ×
-steps_per_generation completions): make it span many prompts, or the argmin is decided on a
-handful of samples; with several processes each picks its own group.
+"Batch" is TRL's whole generation batch: TRL calls the reward function on each process with that
+process's share (per_device_train_batch_size × steps_per_generation completions), so under
+``accelerate launch`` with several processes the per-group sums and counts are all-reduced
+(:func:`batch_group_means`) and every process picks the same group — the argmin over the global
+batch, as on one process.
 
 Passing the K reward models to TRL as K separate ``reward_funcs`` would not do this: TRL sums
 weighted rewards, the utilitarian objective, not the egalitarian min.
@@ -21,7 +23,23 @@ import torch
 
 from .maxmin_ppo import RULES, GroupRewards, combine
 
-__all__ = ["MaxMinReward"]
+__all__ = ["MaxMinReward", "batch_group_means"]
+
+
+def batch_group_means(scores: torch.Tensor) -> torch.Tensor:
+    """(K,) mean score of each group over the whole generation batch: this process's (K, B)
+    scores and, when ``torch.distributed`` is initialised with more than one process, every other
+    process's (one all-reduce of the K sums and the count, float64; the buffer goes to the GPU
+    for NCCL).  Processes may hold different numbers of completions."""
+    import torch.distributed as dist
+
+    buf = torch.cat([scores.double().sum(1), torch.tensor([float(scores.shape[1])], dtype=torch.float64)])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        buf = buf.to(device)
+        dist.all_reduce(buf)  # SUM
+        buf = buf.cpu()
+    return buf[:-1] / buf[-1]
 
 
 class MaxMinReward:
@@ -33,7 +51,7 @@ class MaxMinReward:
     scores are compared, which is only meaningful when the models share a scale.
 
     ``picked`` holds, per call, the group the rule singled out (−1 for ``sample_min``/``mean``);
-    ``group_means`` the (K,) batch-mean standardised score of every group, per call."""
+    ``group_means`` the (K,) mean standardised score of every group over the global batch, per call."""
 
     def __init__(self, models: list, tokenizer, rule: str = "argmin", standardise=None):
         if rule not in RULES:
@@ -62,9 +80,14 @@ class MaxMinReward:
         responses = [" " + c.strip() for c in completions]
         g = self.rewards
         scores = g(prompts, responses) if g.mean is not None else g.raw(prompts, responses)  # (K, B)
-        reward, group = combine(scores, self.rule)
+        means = batch_group_means(scores)  # over every process's completions
+        if self.rule == "argmin":
+            group = int(means.argmin())  # maxmin_group on the global batch: the same on every process
+            reward = scores[group]
+        else:
+            reward, group = combine(scores, self.rule)
         self.picked.append(group)
-        self.group_means.append(scores.mean(1).tolist())
+        self.group_means.append(means.tolist())
         if log_metric is not None:  # shows up in the trainer's logs next to its own metrics
             if group >= 0:
                 log_metric(f"{self.__name__}/picked_group", float(group))
