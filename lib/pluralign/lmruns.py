@@ -25,8 +25,10 @@ import torch
 
 from . import frontier, intervals, lm, scorers
 
-__all__ = ["GOALS", "goal_of", "run", "run_all", "score_checkpoints", "goal_score", "pick_learning_rates",
-           "final_table", "kl_at_checkpoints"]
+__all__ = ["GOALS", "goal_of", "judges", "preference_model", "run", "run_all", "score_checkpoints", "goal_score",
+           "pick_learning_rates", "learning_rates", "plan_align", "with_base", "base_rows", "frontier_points", "add_pooled",
+           "add_preference", "outcome_table", "final_table", "differences", "head_to_head", "preference_head_to_head",
+           "matched_kl"]
 
 # each method's learning rate is picked for what the method claims to optimise, judged by the
 # groups' true traits on validation prompts: the pooled population's win rate against the base
@@ -216,11 +218,6 @@ def final_table(frame: pd.DataFrame, groups: list[str], n_boot: int, seed: int, 
             iv = intervals.interval(outcome_table(d, f"{prefix}{g}"), n_boot=n_boot, seed=seed)
             rows.append({"ratio": ratio, "method": method, "group": g, **iv})
     return pd.DataFrame(rows)
-
-
-def kl_at_checkpoints(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean KL(π ‖ base) over prompts per (ratio, method, seed, step)."""
-    return frame.groupby(["ratio", "method", "seed", "step"], as_index=False).kl.mean()
 
 
 # -- the plan ------------------------------------------------------------------------------------
