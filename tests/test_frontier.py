@@ -54,6 +54,29 @@ def test_kl_estimate_matches_the_exact_kl(setup):
     assert torch.allclose(zero, torch.zeros(8, dtype=torch.float64), atol=1e-6)
 
 
+def test_the_samplers_own_logprobs_are_the_forward_pass_ones(setup):
+    """The KL estimate takes log π_T(y) from the KV-cached sampler: the same numbers as a full
+    forward over the sampled responses (the reference side is always a forward pass)."""
+    from pluralign.ppo import sample_responses
+
+    tok, policy, ref = setup
+    ids, mask = lm.encode_prompts(tok, ["w1 w2", "w3", "w4 w5 w1"])
+    kw = dict(do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=5,
+              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    response, rmask, drawn = sample_responses(policy, ids, mask, kw, return_token_logprobs=True)
+    torch.manual_seed(0)
+    again, again_mask = sample_responses(policy, ids, mask, kw)
+    assert torch.equal(response, again) and torch.equal(rmask, again_mask)  # asking for them draws nothing more
+    full = torch.cat([ids, response], 1)
+    am = torch.cat([mask, rmask.long()], 1)
+    forward = frontier.sequence_logprob(policy, full, am, ids.shape[1], rmask, 0.7)
+    assert bool((drawn[~rmask] == 0).all())
+    torch.testing.assert_close(drawn.sum(1), forward, atol=1e-5, rtol=1e-5)
+    # nucleus sampling goes through generate, which has no such numbers: None (the caller runs a forward)
+    assert sample_responses(policy, ids, mask, dict(kw, top_p=0.9), return_token_logprobs=True)[2] is None
+
+
 def test_nucleus_sampling_goes_through_generate_as_lm_sample_does(setup):
     tok, policy, ref = setup
     prompts = ["w1", "w2 w3", "w4 w5 w0", "w3"] * 5
@@ -64,9 +87,9 @@ def test_nucleus_sampling_goes_through_generate_as_lm_sample_does(setup):
     assert plain == again and len(plain) == len(prompts)
 
 
-def test_checkpoints_record_every_n_steps_and_the_last(setup):
+def test_checkpoints_record_the_steps_asked_and_the_last(setup):
     tok, policy, ref = setup
-    ck = frontier.Checkpoints(ref, tok, ["w1", "w2"], every=2, last=5, max_new_tokens=3, temperature=0.7)
+    ck = frontier.Checkpoints(ref, tok, ["w1", "w2"], at=[2, 4], last=5, max_new_tokens=3, temperature=0.7)
     for step in range(1, 6):
         ck(step, policy)
     frame = ck.frame(method="m", seed=0)
@@ -74,5 +97,7 @@ def test_checkpoints_record_every_n_steps_and_the_last(setup):
     assert list(frame.columns[:2]) == ["seed", "method"] and frame.prompt.tolist() == [0, 1] * 3
     # one sampling seed for every checkpoint: the same policy gives the same answers each time
     assert frame[frame.step == 2].response.tolist() == frame[frame.step == 4].response.tolist()
-    with pytest.raises(ValueError, match="every"):
-        frontier.Checkpoints(ref, tok, ["w1"], every=0, last=5, max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"checkpoint steps must be integers in \[1, 5\].*got 0"):
+        frontier.Checkpoints(ref, tok, ["w1"], at=[0, 3], last=5, max_new_tokens=3)
+    with pytest.raises(ValueError, match="got 6"):
+        frontier.Checkpoints(ref, tok, ["w1"], at=[6], last=5, max_new_tokens=3)

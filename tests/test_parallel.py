@@ -26,3 +26,13 @@ def test_a_failing_job_is_raised_and_bad_workers_named():
         parallel.map_processes(_fails, {}, [2, 5], workers=2)
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         parallel.map_processes(_job, {}, [1], workers=0)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        parallel.map_processes(_job, {}, [1], workers=1, threads=0)
+
+
+def test_each_job_gets_the_threads_asked_for_and_the_caller_keeps_its_own():
+    before = torch.get_num_threads()
+    inline = parallel.map_processes(_job, {"scale": 1.0}, [1, 2], workers=1, threads=2)
+    pooled = parallel.map_processes(_job, {"scale": 1.0}, [1, 2], workers=2, threads=2)
+    assert [r["threads"] for r in inline] == [2, 2] == [r["threads"] for r in pooled]
+    assert torch.get_num_threads() == before

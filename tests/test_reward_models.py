@@ -36,6 +36,34 @@ def two_group_pairs(n_users=12, per_user=24, seed=0):
     return PreferencePairs(prompt, chosen, rejected, torch.tensor(user), n_users, group)
 
 
+def test_reward_models_load_with_the_fused_gelu_and_score_as_the_plain_one(base):
+    from transformers import AutoModelForSequenceClassification
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    path, tok = base
+    fused = rm.load_reward_model(path, tok, seed=3)
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert any(isinstance(m, GELUTanh) for m in fused.modules())
+    torch.manual_seed(3)
+    plain = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    plain.config.pad_token_id = tok.pad_token_id
+    assert any(isinstance(m, NewGELUActivation) for m in plain.modules())
+    prompts, responses = ["the movie", "what a"], [" the plot was great .", " awful ."]
+    torch.testing.assert_close(rm.score(fused, tok, prompts, responses), rm.score(plain.eval(), tok, prompts, responses),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_length_sorted_scoring_returns_each_score_in_the_callers_order(base):
+    path, tok = base
+    model = rm.load_reward_model(path, tok, seed=4).eval()
+    prompts = ["the movie", "what a", "i watched it", "the movie", "what a"]
+    responses = [" the plot was great and the cast was great .", " awful .", " the plot .", " great", " the cast was awful ."]
+    one_by_one = torch.cat([rm.score(model, tok, [p], [r], batch_size=1) for p, r in zip(prompts, responses)])
+    batched = rm.score(model, tok, prompts, responses, batch_size=2)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    assert len(set(batched.tolist())) == len(responses)  # distinct scores: a mix-up of the order would show
+
+
 def test_reward_trainer_learns_a_preference(base):
     path, tok = base
     pairs = two_group_pairs()
@@ -89,7 +117,8 @@ def _trl_ids(model, tok, pairs, tmp_path):
 
 
 def _scored_ids(model, tok, prompts, responses):
-    """The unpadded token ids rm.score feeds the model."""
+    """The unpadded token ids rm.score feeds the model, put back in the callers' order (score
+    batches texts by length)."""
     seen = []
     hook = model.register_forward_pre_hook(
         lambda m, a, kw: seen.extend(ids[mask.bool()].tolist() for ids, mask in
@@ -98,7 +127,12 @@ def _scored_ids(model, tok, prompts, responses):
         rm.score(model, tok, prompts, responses, batch_size=3)
     finally:
         hook.remove()
-    return seen
+    texts = [rm.reward_text(tok, p, r) for p, r in zip(prompts, responses)]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # the order rm.score fed them in
+    back = [None] * len(seen)
+    for position, i in enumerate(order):
+        back[i] = seen[position]
+    return back
 
 
 def _small_pairs():

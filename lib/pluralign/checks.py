@@ -100,6 +100,16 @@ def lr_grid(x):
         return "must not repeat a value"
 
 
+def eval_steps(x):
+    """Checkpoint iterations: a non-empty, strictly increasing list of integers >= 1 (each at most
+    ``steps``: a cross check)."""
+    bad = list_of(integer(1, 10**9))(x)
+    if bad:
+        return bad
+    if any(b <= a for a, b in zip(x, x[1:])):
+        return "must be strictly increasing"
+
+
 def optional(rule: Rule, what: str) -> Rule:
     return lambda x: None if x is None or rule(x) is None else f"must be {what}"
 
@@ -167,6 +177,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "em_restarts": integer(1, 100),
         "oracle_ratios": list_of(number(0.0, lo_open=True), min_len=0),
         "workers": integer(1, 256),
+        "threads": integer(1, 256),
     },
     "align": {
         "ratios": list_of(number(0.0, lo_open=True)),
@@ -194,7 +205,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "gamma": number(0.0, 1.0),
         "lam": number(0.0, 1.0),
         "n_standardise": integer(2, 1_000_000),
-        "eval_every": integer(1, 1_000_000),
+        "eval_steps": eval_steps,
         "n_eval_prompts": integer(2, 1_000_000),
         "eval_seed": integer(0, SEED_MAX),
         "workers": integer(1, 256),
@@ -348,6 +359,8 @@ def _cross_checks(stage: str, p: dict) -> tuple[str, Any, str] | None:
                 return "sweep_K", p["sweep_K"], f"has K={k} > n_users={p['n_users']}"
     if stage in ("align", "tulu_align") and p["batch_size"] % p["mini_batch_size"]:
         return "mini_batch_size", p["mini_batch_size"], f"must divide batch_size={p['batch_size']}"
+    if stage == "align" and p["eval_steps"][-1] > p["steps"]:
+        return "eval_steps", p["eval_steps"], f"has {p['eval_steps'][-1]}, past the last iteration steps={p['steps']}"
     if stage == "align" and p["headline_ratio"] not in p["ratios"]:
         return "headline_ratio", p["headline_ratio"], f"must be one of ratios={p['ratios']}"
     if stage == "compare" and p["tune_beta"] not in p["betas"]:

@@ -38,7 +38,8 @@ def sample_with_kl(model, ref_model, tokenizer, prompts: list[str], max_new_toke
                    top_p: float = 1.0, batch_size: int = 256, seed: int = 0):
     """One response per prompt, drawn as the trainers draw their rollouts
     (:func:`pluralign.ppo.sample_responses`, seeded by ``seed``), plus each response's KL estimate
-    k(x, y) against ``ref_model`` (module docstring).  Returns (texts, kl (N,) float64); texts are
+    k(x, y) against ``ref_model`` (module docstring); log π_T(y) is the sampler's own (KV-cached)
+    where it has it, a forward pass where ``generate`` sampled.  Returns (texts, kl (N,) float64); texts are
     decoded without special tokens and stripped, as :func:`pluralign.lm.sample` returns them."""
     torch.manual_seed(seed)
     model.eval()
@@ -49,36 +50,39 @@ def sample_with_kl(model, ref_model, tokenizer, prompts: list[str], max_new_toke
     for i in range(0, len(prompts), batch_size):
         ids, mask = lm.encode_prompts(tokenizer, prompts[i:i + batch_size])
         Q = ids.shape[1]
-        response, rmask = sample_responses(model, ids, mask, kw)
+        response, rmask, drawn = sample_responses(model, ids, mask, kw, return_token_logprobs=True)
         texts += tokenizer.batch_decode(response, skip_special_tokens=True)
         full = torch.cat([ids, response], 1)
         am = torch.cat([mask, rmask.long()], 1)
-        kl = (sequence_logprob(model, full, am, Q, rmask, temperature)
-              - sequence_logprob(ref_model, full, am, Q, rmask, temperature))
+        # the policy's side from the sampler's own logits (a third of the evaluation's forwards saved)
+        own = drawn.sum(1) if drawn is not None else sequence_logprob(model, full, am, Q, rmask, temperature)
+        kl = own - sequence_logprob(ref_model, full, am, Q, rmask, temperature)
         kls.append(kl.double())
     return [t.strip() for t in texts], (torch.cat(kls) if kls else torch.zeros(0, dtype=torch.float64))
 
 
 class Checkpoints:
-    """Evaluate a policy on held-out prompts every ``every`` training iterations (and at the
-    last one): pass an instance as a trainer's ``on_step(step, model)``.
+    """Evaluate a policy on held-out prompts at the training iterations ``at`` (and at the last
+    one): pass an instance as a trainer's ``on_step(step, model)``.  The KL frontier wants its
+    early points dense (PPO moves most in its first iterations), hence a list, not a period.
 
     Each evaluation samples one response per prompt (seed ``seed``, the same for every
     checkpoint and every policy, as the final evaluation does) and records its text and KL
     against ``ref_model``.  :meth:`frame` returns one row per (checkpoint, prompt): step, prompt
     (its index), response, kl, plus the tags given."""
 
-    def __init__(self, ref_model, tokenizer, prompts: list[str], every: int, last: int, max_new_tokens: int,
+    def __init__(self, ref_model, tokenizer, prompts: list[str], at: list[int], last: int, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0):
-        if not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        bad = [s for s in at if not (isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= last)]
+        if bad:
+            raise ValueError(f"checkpoint steps must be integers in [1, {last}] (the last iteration), got {bad[0]!r}")
         self.ref_model, self.tokenizer, self.prompts = ref_model, tokenizer, prompts
-        self.every, self.last = every, last
+        self.at, self.last = set(at) | {last}, last
         self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         self.rows: list[pd.DataFrame] = []
 
     def __call__(self, step: int, model) -> None:
-        if step % self.every and step != self.last:
+        if step not in self.at:
             return
         texts, kl = sample_with_kl(model, self.ref_model, self.tokenizer, self.prompts, **self.kw)
         self.rows.append(pd.DataFrame({"step": step, "prompt": range(len(texts)), "response": texts,

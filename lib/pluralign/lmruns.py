@@ -5,7 +5,7 @@ A run is a dict ``spec`` — kind ("ppo" | "nash"), method, ratio, seed, lr, rol
 "trial"), out (where to save the policy, or None) and, for Nash-MD, beta and preference ("pairwise"
 | "bt") — plus a shared ``ctx`` of paths and hyper-parameters built from params.yaml by the
 notebook.  :func:`run` trains from the base policy and evaluates along the way
-(:class:`pluralign.frontier.Checkpoints`): final runs on the test prompts every ``eval_every``
+(:class:`pluralign.frontier.Checkpoints`): final runs on the test prompts at the ``eval_steps``
 iterations, trials on the validation prompts at their last iteration only.
 
 Runs go on a process pool (:func:`run_all`, :mod:`pluralign.parallel`): a tiny policy's run gains
@@ -124,7 +124,7 @@ def run(ctx: dict, spec: dict) -> dict:
     final = spec["role"] == "final"
     steps = ctx["steps"]
     check = frontier.Checkpoints(ref, tok, ctx["eval_prompts"] if final else ctx["val_prompts"],
-                                 every=ctx["eval_every"] if final else steps, last=steps,
+                                 at=ctx["eval_steps"] if final else [steps], last=steps,
                                  max_new_tokens=ctx["max_new_tokens"], temperature=ctx["temperature"],
                                  top_p=ctx["ppo"].get("top_p", 1.0), seed=ctx["eval_seed"])
 

@@ -187,16 +187,20 @@ def _check_left_padded(query_mask):
         raise ValueError("queries must be left-padded (tokenizer.padding_side = 'left')")
 
 
-def _finish(tokens: list, eos_token_id, pad_token_id, step_logprobs, return_logprobs):
+def _finish(tokens: list, eos_token_id, pad_token_id, step_logprobs, return_logprobs, drawn_logprobs=None):
     response, mask = truncate_after_eos(torch.stack(tokens, 1), eos_token_id, pad_token_id)
+    out = (response, mask)
     if return_logprobs:
-        return response, mask, torch.stack(step_logprobs, 1)
-    return response, mask
+        out += (torch.stack(step_logprobs, 1),)
+    if drawn_logprobs is not None:
+        out += (torch.stack(drawn_logprobs, 1).masked_fill(~mask, 0.0),)
+    return out
 
 
 @torch.no_grad()
 def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_tokens: int, eos_token_id: int,
-                   pad_token_id: int, temperature: float = 1.0, generator=None, return_logprobs: bool = False):
+                   pad_token_id: int, temperature: float = 1.0, generator=None, return_logprobs: bool = False,
+                   return_token_logprobs: bool = False):
     """y' ~ π' for left-padded queries (B, Q), one KV cache per model view.
 
     π' is :func:`mixture_logprobs` of the policy and ref (temperature applied to each model's
@@ -206,8 +210,10 @@ def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_toke
     padding; sampling stops when every row has.  β ∈ {0, 1} runs one model only.
 
     Returns response ids (B, T) (pad after the first EOS), mask (B, T) bool (tokens up to and
-    including the first EOS) and, with return_logprobs, the mixture log-probs (B, T, V) at every
-    step.  T ≤ max_new_tokens."""
+    including the first EOS), with return_logprobs the mixture log-probs (B, T, V) at every step,
+    and with return_token_logprobs the drawn tokens' log π'(y_t) (B, T), 0 outside the mask (at
+    β = 0 these are log π_θ,T(y_t): what the KL frontier needs without a second forward).
+    T ≤ max_new_tokens."""
     _check_left_padded(query_mask)
     views = _views(policy, ref, beta)
     mask = query_mask.long()
@@ -215,6 +221,7 @@ def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_toke
     inputs = dict(input_ids=query_ids, attention_mask=mask, position_ids=position)
     caches = [None, None]
     tokens, step_logprobs = [], []
+    drawn = [] if return_token_logprobs else None
     done = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
     for _ in range(max_new_tokens):
         logits = [None, None]
@@ -228,12 +235,14 @@ def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_toke
         tokens.append(nxt)
         if return_logprobs:
             step_logprobs.append(logp)
+        if drawn is not None:
+            drawn.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
         done = done | (nxt == eos_token_id)
         if bool(done.all()):
             break
         mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
         inputs = dict(input_ids=nxt[:, None], attention_mask=mask, position_ids=inputs["position_ids"][:, -1:] + 1)
-    return _finish(tokens, eos_token_id, pad_token_id, step_logprobs, return_logprobs)
+    return _finish(tokens, eos_token_id, pad_token_id, step_logprobs, return_logprobs, drawn)
 
 
 @torch.no_grad()

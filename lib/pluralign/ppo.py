@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .lm import fused_gelu  # re-exported: the policies' and reward models' fused GELU lives in lm
+
 __all__ = [
     "PPOConfig",
     "LR_SCHEDULES",
@@ -158,24 +160,6 @@ class ValueHead(nn.Module):
         return self.summary(hidden).squeeze(-1)
 
 
-def fused_gelu(model):
-    """Swap GPT-2's ``gelu_new`` modules (transformers' ``NewGELUActivation``: the tanh
-    approximation written as five Python-level tensor ops) for torch's fused tanh GELU
-    (``GELUTanh``), in place; returns the model.  The same function up to float rounding
-    (1.5e-7 at most on N(0, 9) inputs) and 7× faster on CPU: a tenth of a cpu-profile PPO or
-    Nash-MD run went to it.  The saved config keeps ``gelu_new``; models without it, and objects
-    that are not ``nn.Module``s, are untouched."""
-    from transformers.activations import ACT2FN, NewGELUActivation
-
-    if not isinstance(model, nn.Module):  # e.g. a view onto a shared backbone (pluralign.lora): left alone
-        return model
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, NewGELUActivation):
-                setattr(module, name, ACT2FN["gelu_pytorch_tanh"])
-    return model
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x over the positions where mask is 1 (0 if there are none)."""
     return (x * mask).sum() / mask.sum().clamp_min(1)
@@ -287,9 +271,13 @@ def response_logprobs_and_values(model, value_head, input_ids, attention_mask, n
     return logprobs, values, ent
 
 
-def sample_responses(model, query_ids: torch.Tensor, query_mask: torch.Tensor, generation_kwargs: dict):
+def sample_responses(model, query_ids: torch.Tensor, query_mask: torch.Tensor, generation_kwargs: dict,
+                     return_token_logprobs: bool = False):
     """y ~ π(·|x) for left-padded queries (B, Q) → (response ids (B, T) with pad after the first
-    EOS, mask (B, T) bool up to and including it), T ≤ max_new_tokens.
+    EOS, mask (B, T) bool up to and including it), T ≤ max_new_tokens.  With
+    ``return_token_logprobs`` a third value: the drawn tokens' log π_T(y_t) (B, T) from the
+    sampler's own logits, 0 outside the mask — or None where ``generate`` sampled (then score the
+    response with a forward pass).
 
     ``model.generate`` with ``generation_kwargs``, except for plain sampling (top_k 0, top_p 1) on
     CPU: there :func:`pluralign.nash_md_lm.mixture_sample` at β = 0 draws from the same
@@ -303,9 +291,10 @@ def sample_responses(model, query_ids: torch.Tensor, query_mask: torch.Tensor, g
         from .nash_md_lm import mixture_sample
 
         return mixture_sample(model, model, query_ids, query_mask, 0.0, kw["max_new_tokens"], eos, pad,
-                              kw["temperature"])
+                              kw["temperature"], return_token_logprobs=return_token_logprobs)
     out = model.generate(input_ids=query_ids, attention_mask=query_mask, **kw)
-    return truncate_after_eos(out[:, query_ids.shape[1]:], eos, pad)
+    response = truncate_after_eos(out[:, query_ids.shape[1]:], eos, pad)
+    return response + (None,) if return_token_logprobs else response
 
 
 def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int):
