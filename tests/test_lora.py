@@ -175,7 +175,8 @@ def test_quantised_loading_needs_bitsandbytes_and_a_gpu(base):
             lora.lora_policy(path, tok, load_in_bits=8)
 
 
-@pytest.mark.parametrize("name, kind, n", [("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 2), ("fsdp", "FSDP", 2)])
+@pytest.mark.parametrize("name, kind, n", [("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 2), ("fsdp", "FSDP", 2),
+                                           ("deepspeed_zero3", "DEEPSPEED", 8)])
 def test_accelerate_configs_parse(name, kind, n, monkeypatch):
     from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -188,12 +189,16 @@ def test_accelerate_configs_parse(name, kind, n, monkeypatch):
     # what `accelerate launch --config_file …` makes of it (parsing and merging only, nothing starts)
     args = launch_command_parser().parse_args(["--config_file", str(path), "scripts/tulu2_ppo.py", "--params", "p"])
     args, _, _ = _validate_launch_command(args)
-    assert (args.multi_gpu, args.use_fsdp) == (kind == "MULTI_GPU", kind == "FSDP")
+    assert (args.multi_gpu, args.use_fsdp, args.use_deepspeed) == (kind == "MULTI_GPU", kind == "FSDP", kind == "DEEPSPEED")
     if kind == "FSDP":
         for key, value in prepare_multi_gpu_env(args).items():
             monkeypatch.setenv(key, value)
         plugin = FullyShardedDataParallelPlugin()
         assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+        # whole weights on every process: the Tulu2 scripts load reward models accelerate never prepares
+        assert plugin.cpu_ram_efficient_loading is False
+    if kind == "DEEPSPEED":  # for TRL's trainers (scripts/trl_maxmin.py); deepspeed itself is not installed here
+        assert args.zero_stage == 3 and str(args.zero3_init_flag).lower() == "true"
 
 
 PARAMS = """tulu2:
@@ -292,41 +297,70 @@ def test_tiny_benchmark_completes(tmp_path):
     assert report["step_seconds"] > 0 and 0 < report["update_mfu"] and report["generated_tokens_per_second"] > 0
 
 
-SYNC_CHECK = """
-import sys, torch
-sys.path.insert(0, {lib!r})
-torch.set_num_threads(1)
-from accelerate import Accelerator
-from pluralign import lm, lora
-from pluralign.ppo import PPO, PPOConfig
-import importlib.util
-spec = importlib.util.spec_from_file_location("tulu2_ppo", {script!r})
-script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)
-acc = Accelerator(cpu=True)
-tok = lm.load_tokenizer({base!r})
-ppo = PPO(lora.lora_policy({base!r}, tok, r=4, alpha=8, seed=0), tok,
-          PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4, seed=acc.process_index))
-script.sync_gradients(ppo.params, acc.num_processes)
-ids, mask = lm.encode_prompts(tok, ["explain soap ."] * 4)
-ppo.step(ppo.rollout(ids, mask), torch.randn(4, generator=torch.Generator().manual_seed(acc.process_index)))
-flat = torch.cat([p.detach().flatten() for p in ppo.params])[None]
-every = acc.gather(flat)
-if acc.is_main_process:
-    print("SPREAD", float((every - every[0]).abs().max()))
-"""
-
-
-def test_gradient_sync_keeps_two_processes_identical(base, tmp_path):
-    """Two CPU processes (torchrun, gloo) with different samples and rewards end one PPO step with
-    the same LoRA weights: the hook in scripts/tulu2_ppo.py averages the gradients."""
-    path, _ = base
-    helper = tmp_path / "sync_check.py"
-    helper.write_text(SYNC_CHECK.format(lib=str(ROOT / "lib"), script=str(ROOT / "scripts" / "tulu2_ppo.py"), base=path))
+def _run_script(script, tmp_path, folders, prompts, out, params, *extra, launch=()):
+    (tmp_path / "params.yaml").write_text(params)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(helper)],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    cmd = [sys.executable, *launch, str(ROOT / "scripts" / script), "--params", str(tmp_path / "params.yaml"),
+           "--base", folders[0], "--rewards", *folders[1], "--prompts", str(prompts), "--out", str(out), *extra]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert float(done.stdout.split("SPREAD")[1].split()[0]) == 0.0  # without the hook: ~4e-3 apart
+    return done
+
+
+def test_tulu2_ppo_script_with_two_processes_checkpoints_and_resumes(base, tmp_path):
+    """Two CPU processes (torchrun, gloo): the script's PPO runs under DDP (the policy prepared by
+    accelerate; the hand-written gradient hook is gone), writes accelerate checkpoints holding only
+    the trainable tensors, and --resume continues from step 2 to 3.  (torchrun is what ``accelerate
+    launch`` runs on GPUs; on CPU it starts several processes only through mpirun with a hostfile,
+    else one — measured: ``--cpu --num_processes 2`` gave a 1-process run.)"""
+    import json
+
+    from safetensors.torch import load_file
+
+    path, tok = base
+    folders = lora.LoraRewardMixture(path, tok, 2, seed=0).save(tmp_path / "rms")
+    data = soups.make_standin(tmp_path / "data", n_per_dim=2, n_prompts=16, n_eval=1)
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    params = PARAMS.replace("lr_schedule: cosine", "lr_schedule: constant")
+    _run_script("tulu2_ppo.py", tmp_path, (path, folders), data["prompts"], tmp_path / "out", params,
+                "--checkpoint-every", "1", "--cpu", launch=launch)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["processes"] == 2 and run["distributed_type"] == "DistributedType.MULTI_CPU"
+    weights = load_file(str(tmp_path / "out" / "checkpoint" / "model.safetensors"))
+    assert weights and all("lora_" in k or "value_head" in k for k in weights)  # not the frozen base
+    _run_script("tulu2_ppo.py", tmp_path, (path, folders), data["prompts"], tmp_path / "out",
+                params.replace("steps: 2", "steps: 3"), "--resume", "--cpu", launch=launch)
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert history[2]["seconds"] < history[1]["seconds"]  # step 3 ran in the resumed process
+
+
+def test_tulu2_nash_md_script_runs_two_steps(base, tmp_path):
+    import json
+
+    path, tok = base
+    folders = lora.LoraRewardMixture(path, tok, 2, seed=0).save(tmp_path / "rms")
+    data = soups.make_standin(tmp_path / "data", n_per_dim=2, n_prompts=16, n_eval=1)
+    _run_script("tulu2_nash_md.py", tmp_path, (path, folders), data["prompts"], tmp_path / "out", PARAMS,
+                "--rule", "argmin", "--beta", "0.5", "--tau", "0.05", "--seed", "1", "--cpu")
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2] and all(h["group"] in (0, 1) for h in history)
+    assert all(0 < h["global_preference"] < 1 and h["grad_norm"] > 0 for h in history)
+    assert (tmp_path / "out" / "policy" / "adapter_config.json").exists()
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["nash_md"] == {"beta": 0.5, "tau": 0.05, "opponent": "mixture", "ema_decay": None}
+    assert run["reward_backbone_shares_policy_weights"]
+
+
+def test_tulu2_nash_md_script_refuses_bad_values(base, tmp_path):
+    path, _ = base
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    script = ROOT / "scripts" / "tulu2_nash_md.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(script), "--params", str(tmp_path / "params.yaml"), "--base", path,
+                           "--rewards", "x", "--prompts", "p", "--out", str(tmp_path), "--beta", "1.5"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == "error: beta must be in [0, 1], got 1.5"
 
 
 # ---- dropout: active in reward training (LoRA only), off in PPO --------------------------------

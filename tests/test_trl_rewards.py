@@ -1,5 +1,6 @@
 """MaxMinReward picks the worst-off group, and drives TRL 1.16's GRPOTrainer and RLOOTrainer
 offline on a tiny local GPT-2 policy."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -61,6 +62,25 @@ def test_refuses_bad_input(base):
         MaxMinReward([WordCount(0)], tok)(prompts=[[{"role": "user", "content": "hi"}]], completions=["x"])
 
 
+def test_first_batch_standardisation_fits_on_the_first_call(base):
+    """standardise="first_batch": the first batch's raw scores give each group's mean and unbiased
+    std (so that batch's z-scores have mean 0 and std 1 per group), kept for later calls."""
+    _, tok = base
+    models = [WordCount(tok.convert_tokens_to_ids("great")), WordCount(tok.convert_tokens_to_ids("awful"))]
+    reward = MaxMinReward(models, tok, rule="argmin", standardise="first_batch")
+    first = ["great great awful", "great", "awful awful awful", "the"]
+    reward(prompts=["the movie"] * 4, completions=first)
+    raw = torch.tensor([[2.0, 1.0, 0.0, 0.0], [1.0, 0.0, 3.0, 0.0]], dtype=torch.float32)  # as the models score
+    torch.testing.assert_close(reward.rewards.mean, raw.mean(1))
+    torch.testing.assert_close(reward.rewards.std, raw.std(1))
+    assert reward.group_means[0] == pytest.approx([0.0, 0.0], abs=1e-6)
+    # the second batch is scored on the first batch's scale: group 1 (raw mean 1) is now worst off
+    out = reward(prompts=["the movie"] * 2, completions=["great great great", "the"])
+    assert reward.picked[1] == 1 and out == pytest.approx(((torch.tensor([0.0, 0.0]) - 1.0) / raw[1].std()).tolist())
+    with pytest.raises(ValueError, match="standardise must be None, \\(mean, std\\) or 'first_batch', got 'last'"):
+        MaxMinReward(models, tok, standardise="last")
+
+
 def _reward(path, tok):
     """Two tiny neural group reward models, standardised on a few base-style responses."""
     models = [rm.load_reward_model(path, tok, seed=s) for s in (1, 2)]
@@ -107,13 +127,14 @@ def test_rloo_trainer_runs_with_maxmin_reward(base, tmp_path):
 def _global_means_worker(rank, world, init, shares, out):
     import torch.distributed as dist
 
-    from pluralign.trl_rewards import batch_group_means
+    from pluralign.trl_rewards import batch_group_means, batch_group_moments
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         means = batch_group_means(shares[rank])
         torch.save(means, f"{out}/means_{rank}.pt")
+        torch.save(batch_group_moments(shares[rank]), f"{out}/moments_{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -132,7 +153,44 @@ def test_the_argmin_is_over_the_global_batch_with_two_processes(tmp_path):
     mp.spawn(_global_means_worker, args=(2, init, shares, str(tmp_path)), nprocs=2, join=True)
     together = batch_group_means(torch.cat(shares, 1))
     assert [int(batch_group_means(s).argmin()) for s in shares] == [1, 0]
+    everything = torch.cat(shares, 1).double()
     for rank in range(2):
         means = torch.load(tmp_path / f"means_{rank}.pt")
         torch.testing.assert_close(means, together)
         assert int(means.argmin()) == int(together.argmin()) == 0
+        mean, std = torch.load(tmp_path / f"moments_{rank}.pt")  # first_batch standardisation's statistics
+        torch.testing.assert_close(mean, everything.mean(1))
+        torch.testing.assert_close(std, everything.std(1))
+
+
+def test_trl_maxmin_script_takes_a_grpo_step_with_lora_reward_adapters(tmp_path):
+    """scripts/trl_maxmin.py on CPU: a tiny Llama policy (LoRA) and two LoRA reward adapters, one
+    GRPO step; the reward standardised on the first batch, the group picked in TRL's logs."""
+    import importlib.util
+    import json
+
+    from pluralign import lora, soups
+
+    base = tmp_path / "base"
+    tok = lm.build_word_tokenizer(soups.standin_vocabulary(), add_bos=True)
+    lora.tiny_llama(tok, hidden_size=32, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=64).save_pretrained(base)
+    tok.save_pretrained(base)
+    tok = lm.load_tokenizer(str(base))
+    folders = lora.LoraRewardMixture(str(base), tok, 2, seed=0).save(tmp_path / "rms")
+    data = soups.make_standin(tmp_path / "data", n_per_dim=2, n_prompts=8, n_eval=1)
+    spec = importlib.util.spec_from_file_location("trl_maxmin", Path(__file__).resolve().parents[1] / "scripts" / "trl_maxmin.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    trainer, reward = script.main(["--trainer", "grpo", "--base", str(base), "--rewards", *folders,
+                                   "--prompts", str(data["prompts"]), "--out", str(out), "--cpu", "--steps", "1",
+                                   "--per-device-batch", "4", "--num-generations", "2", "--max-completion-length", "6",
+                                   "--lora-r", "4", "--lora-alpha", "8", "--n-prompts", "8"])
+    assert trainer.state.global_step == 1 and reward.picked and set(reward.picked) <= {0, 1}
+    assert reward.group_means[0] == pytest.approx([0.0, 0.0], abs=1e-5)  # the first batch fixed the scale
+    record = json.loads((out / "maxmin.json").read_text())
+    assert record["picked"] == reward.picked and record["processes"] == 1
+    assert any("maxmin_argmin/picked_group" in row for row in record["log_history"])
+    assert (out / "policy" / "adapter_config.json").exists()
+    with pytest.raises(SystemExit):
+        script.parse(["--base", "b", "--rewards", "r", "--prompts", "p", "--out", "o", "--steps", "0"])

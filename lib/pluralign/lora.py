@@ -452,7 +452,7 @@ def shared_classifier(policy_base, tokenizer=None, seed: int = 0):
 def ppo_models(base, tokenizer, rewards, r: int = 16, alpha: int = 32, gradient_checkpointing: bool = False,
                dtype=torch.float32, load_in_bits: int | None = None, target_modules=None, seed: int = 0,
                reward_base: str | None = None, device=None, reward_r: int = 8, reward_alpha: int = 32,
-               reward_dropout: float = 0.1):
+               reward_dropout: float = 0.1, share_backbone: bool = True):
     """The models of one MaxMin-PPO run: (LoRA policy, [AdapterView] reward models).
 
     The one builder of scripts/tulu2_ppo.py and benchmarks/bench_tulu_7b.py, so that the benchmark
@@ -468,6 +468,8 @@ def ppo_models(base, tokenizer, rewards, r: int = 16, alpha: int = 32, gradient_
     carry extra state the meta model lacks), loads the reward base separately
     (:func:`load_reward_adapters`' path).  Either way the reward models give the same scores.
     ``device``: where a full-precision base goes, before any sharing (bitsandbytes places it itself).
+    ``share_backbone=False`` loads the reward base separately in any case: for a policy that FSDP
+    will shard (its tensors become shards; the reward models need whole ones).
     The policy equals :func:`lora_policy`'s for the same arguments."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -481,7 +483,7 @@ def ppo_models(base, tokenizer, rewards, r: int = 16, alpha: int = 32, gradient_
     policy_base.generation_config.pad_token_id = tokenizer.pad_token_id
     if device is not None and load_in_bits is None:
         policy_base.to(device)  # before sharing: moving a shared model later would copy its tensors
-    share = load_in_bits is None and (reward_base is None or reward_base == base)
+    share = share_backbone and load_in_bits is None and (reward_base is None or reward_base == base)
     if share:
         classifier = shared_classifier(policy_base, tokenizer, seed=seed)
     else:

@@ -41,6 +41,11 @@ every new token (O(T²)); :func:`mixture_sample` keeps one KV cache per model vi
 
 Shapes: B sequences, Q query positions (left-padded), T response positions (right-padded),
 V vocabulary.  Dropout is off throughout (models stay in eval mode).
+
+Several processes (``accelerator=``; ``pluralign.ppo``, section "several processes"): the policy
+is wrapped by ``accelerator.prepare`` (DDP or FSDP) and every forward of θ — y, y', log π — runs
+through it.  The loss is a mean over sequences of per-sequence terms, so with B sequences on each
+process DDP's average of the gradients is the gradient on all W·B of them.
 """
 from __future__ import annotations
 
@@ -54,7 +59,9 @@ import torch
 from tqdm import tqdm
 
 from . import lm
-from .ppo import Rollout, _is_peft, fused_gelu, response_logprobs_and_values, sample_responses, truncate_after_eos
+from .ppo import (PolicyModule, Rollout, _is_peft, accelerate_prepare, full_state_dict, fused_gelu, is_main_process,
+                  is_sharded, optimiser_step, prepare_frozen, response_logprobs_and_values, sample_responses, trainable,
+                  truncate_after_eos)
 
 __all__ = [
     "NashMDConfig",
@@ -442,9 +449,13 @@ class NashMD:
     decay) over the trainable parameters; ``n_updates`` counts its steps so far (ppo_epochs ·
     ⌈B / mini_batch_size⌉ per :meth:`step`).  ``torch.manual_seed(config.seed)`` is called here
     (y is drawn from the global generator); y' with a private generator seeded config.seed +
-    OPPONENT_STREAM (another stream: see ``__init__``), and minibatches are shuffled with another (so that minibatching leaves the draws of y' alone)."""
+    OPPONENT_STREAM (another stream: see ``__init__``), and minibatches are shuffled with another (so that minibatching leaves the draws of y' alone).
 
-    def __init__(self, model, tokenizer, config: NashMDConfig | None = None, ref_model=None):
+    ``accelerator``: as for :class:`pluralign.ppo.PPO` — ``policy`` (:class:`pluralign.ppo.PolicyModule`)
+    and ``optimizer`` are what ``accelerator.prepare`` made of them; under FSDP the frozen full
+    copies (μ, θ̄) are sharded too.  None: plain torch on one process."""
+
+    def __init__(self, model, tokenizer, config: NashMDConfig | None = None, ref_model=None, accelerator=None):
         self.config = cfg = config if config is not None else NashMDConfig()
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer.pad_token_id is None; add a distinct pad token "
@@ -460,7 +471,8 @@ class NashMD:
         if not self.is_peft:
             self.ref_model = fused_gelu(ref_model if ref_model is not None else copy.deepcopy(model)).eval()
             self.ref_model.requires_grad_(False)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.policy = PolicyModule(self.model)  # the module that runs θ, and that accelerate wraps
+        self.params = trainable(self.policy)
         self.policy_adapter = model.active_adapter if self.is_peft else None
         # θ̄: pairs (θ̄_i, θ_i) over the trainable parameters
         self.ema_model, self.ema_adapter, self.ema_pairs = None, None, []
@@ -480,12 +492,30 @@ class NashMD:
         self.generator = torch.Generator().manual_seed(cfg.seed + OPPONENT_STREAM)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
+        self.accelerator = accelerator
+        self.policy, self.optimizer = accelerate_prepare(accelerator, self.policy, self.optimizer)
+        if is_sharded(accelerator):  # FSDP replaced the parameters with their shards
+            self.ref_model = prepare_frozen(accelerator, self.ref_model) if self.ref_model is not None else None
+            self.ema_model = prepare_frozen(accelerator, self.ema_model) if self.ema_model is not None else None
+            self.params = trainable(self.policy)
+            self.ema_pairs = self._ema_pairs_by_name()
         self.n_updates = 0
         self.generation_kwargs = dict(
             do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
             max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, use_cache=True,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
+
+    def _ema_pairs_by_name(self) -> list:
+        """The pairs (θ̄_i, θ_i) looked up by parameter name (again after FSDP has sharded them)."""
+        if self.config.opponent == "mixture":
+            return []
+        theta = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.ema_adapter is not None:
+            params = dict(self.model.named_parameters())
+            return [(params[n.replace(f".{self.policy_adapter}.", f".{self.ema_adapter}.")], p) for n, p in theta]
+        params = dict(self.ema_model.named_parameters())
+        return [(params[n], p) for n, p in theta]
 
     @contextmanager
     def opponent_policy(self):
@@ -513,9 +543,10 @@ class NashMD:
         cfg, tok = self.config, self.tokenizer
         beta = 0.0 if cfg.opponent == "ema" else cfg.beta
         with self.opponent_policy() as pi:
-            return mixture_sample(pi, self.ref_model, query_ids.to(self.device), query_mask.to(self.device).long(),
-                                  beta, cfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id, cfg.temperature,
-                                  self.generator if generator is None else generator, return_logprobs)
+            return self.policy(mixture_sample, pi, self.ref_model, query_ids.to(self.device),
+                               query_mask.to(self.device).long(), beta, cfg.max_new_tokens, tok.eos_token_id,
+                               tok.pad_token_id, cfg.temperature, self.generator if generator is None else generator,
+                               return_logprobs)
 
     # -- rollout ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -525,13 +556,17 @@ class NashMD:
         query_ids, query_mask = query_ids.to(self.device), query_mask.to(self.device).long()
         _check_left_padded(query_mask)
         Q = query_ids.shape[1]
-        response, mask = sample_responses(self.model, query_ids, query_mask, self.generation_kwargs)
+        response, mask = self.policy(sample_responses, self.model, query_ids, query_mask, self.generation_kwargs)
         opponent, opponent_mask = self.sample_opponent(query_ids, query_mask)
         ids = torch.cat([query_ids, response], 1)
         am = torch.cat([query_mask, mask.long()], 1)
-        ref = self.ref_model if self.ref_model is not None else self.model
-        with self.model.disable_adapter() if self.is_peft else nullcontext():
-            ref_lp, _, _ = response_logprobs_and_values(ref, None, ids, am, Q, cfg.temperature, entropy=False)
+        if self.is_peft:  # μ: the policy with its adapters disabled
+            with self.model.disable_adapter():
+                ref_lp, _, _ = self.policy(response_logprobs_and_values, self.model, None, ids, am, Q,
+                                           cfg.temperature, entropy=False)
+        else:
+            ref_lp, _, _ = response_logprobs_and_values(self.ref_model, None, ids, am, Q, cfg.temperature,
+                                                        entropy=False)
         return NashMDRollout(query_ids, query_mask, response, mask, opponent, opponent_mask, ref_lp)
 
     # -- update ----------------------------------------------------------------------------
@@ -573,8 +608,8 @@ class NashMD:
         def policy_logprobs(idx):
             # columns that are padding for every row of idx are dropped, as in PPO.step
             T = int(lengths[idx].max())
-            lp, _, _ = response_logprobs_and_values(self.model, None, ids[idx, :Q + T], am[idx, :Q + T], Q,
-                                                    cfg.temperature, entropy=False)
+            lp, _, _ = self.policy(response_logprobs_and_values, self.model, None, ids[idx, :Q + T],
+                                   am[idx, :Q + T], Q, cfg.temperature, entropy=False)
             return lp
 
         self.model.eval()
@@ -601,10 +636,8 @@ class NashMD:
                     lp = policy_logprobs(idx)
                 T = lp.shape[1]
                 loss, st = nash_md_clipped_loss(lp, old[idx, :T], advantage[idx], mask[idx, :T], cfg.cliprange)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
-                self.optimizer.step()
+                st["grad_norm"] = optimiser_step(self.accelerator, self.optimizer, self.params, loss,
+                                                 cfg.max_grad_norm)
                 self.n_updates += 1
                 for k, x in st.items():
                     sums[k] = sums.get(k, 0.0) + x
@@ -636,14 +669,42 @@ class NashMD:
                 for row, m in zip(ids.cpu(), mask.cpu())]
 
     def save_pretrained(self, path) -> None:
-        """The policy (its adapter only for a PeftModel, not the EMA's) and tokenizer via ``save_pretrained``."""
+        """The policy (its adapter only for a PeftModel, not the EMA's) and tokenizer via ``save_pretrained``.
+        With an accelerator call it on every process: the main one writes (under FSDP from the
+        state gathered off the shards)."""
         path = Path(path)
+        extra = {}
+        if is_sharded(self.accelerator):
+            state = full_state_dict(self.accelerator, self.policy)
+            extra = {"state_dict": {k[len("model."):]: v for k, v in state.items()}} if state is not None else {}
+        if not is_main_process(self.accelerator):
+            return
         path.mkdir(parents=True, exist_ok=True)
         if self.ema_adapter is not None:
-            self.model.save_pretrained(path, selected_adapters=[self.policy_adapter])
+            self.model.save_pretrained(path, selected_adapters=[self.policy_adapter], **extra)
         else:
-            self.model.save_pretrained(path)
+            self.model.save_pretrained(path, **extra)
         self.tokenizer.save_pretrained(path)
+
+    # -- checkpoints (accelerate's save_state / load_state) -----------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the model and optimizer (``accelerator.save_state`` saves
+        those, θ̄'s adapter with the model, and the global random states): the update count and the
+        opponent's and the shuffles' generators; an unsharded full-model θ̄'s weights (a sharded one
+        is one of accelerate's prepared models, saved with them).  Register the trainer with
+        ``accelerator.register_for_checkpointing``."""
+        state = {"n_updates": self.n_updates, "generator": self.generator.get_state(),
+                 "shuffle_generator": self.shuffle_generator.get_state()}
+        if self.ema_model is not None and not is_sharded(self.accelerator):
+            state["ema_model"] = self.ema_model.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n_updates = state["n_updates"]
+        self.generator.set_state(state["generator"])
+        self.shuffle_generator.set_state(state["shuffle_generator"])
+        if "ema_model" in state:
+            self.ema_model.load_state_dict(state["ema_model"])
 
 
 def train_nash_md(base_path: str, tokenizer, preference, prompts: list[str], steps: int, config: NashMDConfig,

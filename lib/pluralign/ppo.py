@@ -22,6 +22,13 @@ Token t of the response is predicted by the logits at position Q − 1 + t of qu
 The value head shares the policy's backbone (CleanRL style): one forward gives both logits and
 values, no second network to store, run or shard.  With a LoRA (peft) policy the reference is
 the same network with adapters disabled, so one copy of the weights serves both.
+
+Several processes (``accelerator=``; the section "several processes" below): the policy and its
+value head are one module wrapped by ``accelerator.prepare`` (DDP or FSDP), and every forward of θ
+runs through it.  Each process rolls out and scores its own B sequences; the whitening, the
+per-token means of the loss and the KL that drives β are over all processes' sequences, so W
+processes take the step one process would take on the W·B sequences (the minibatches are each
+process's own shuffles).
 """
 from __future__ import annotations
 
@@ -53,6 +60,9 @@ __all__ = [
     "Rollout",
     "PPO",
     "load_value_head",
+    "PolicyModule",
+    "GlobalBatch",
+    "make_accelerator",
 ]
 
 
@@ -165,12 +175,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, total=None) -> torch.Tensor:
     """(x − mean) / std over the masked entries (unbiased variance); shift_mean=False adds the
-    mean back (scale only, used for rewards).  Zero outside the mask."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    var = masked_mean((x - mean) ** 2, mask) * n / (n - 1).clamp_min(1)
+    mean back (scale only, used for rewards).  Zero outside the mask.  ``total`` sums a tensor
+    over the processes of a data-parallel run (:meth:`GlobalBatch.sum`), making
+    mean and std those of every process's entries; None: this process's alone."""
+    total = total if total is not None else (lambda t: t)
+    n = total(mask.sum())
+    mean = total((x * mask).sum()) / n.clamp_min(1)
+    var = total(((x - mean) ** 2 * mask).sum()) / n.clamp_min(1) * n / (n - 1).clamp_min(1)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
@@ -207,11 +220,14 @@ def per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float):
 
 
 def ppo_loss(new_logprobs, old_logprobs, advantages, new_values, old_values, returns, mask,
-             cliprange: float, cliprange_value: float, vf_coef: float):
+             cliprange: float, cliprange_value: float, vf_coef: float, n_tokens=None):
     """Clipped surrogate + clipped value loss, masked means over (B, T) tokens.
 
     pg_loss = mean max(−A ρ, −A clip(ρ, 1−ε, 1+ε)),  ρ = exp(new − old)
     vf_loss = ½ mean max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²)
+    The means divide the masked sums by ``n_tokens`` (default: the number of masked tokens; with
+    several processes :meth:`GlobalBatch.per_process_count`, so that DDP's average
+    of the processes' gradients is the gradient of the mean over all their tokens).
     Returns (pg_loss + vf_coef · vf_loss, stats) with detached floats policy_loss, value_loss,
     clipfrac (tokens where the clipped branch is active), value_clipfrac, approx_kl (½ mean
     (log ρ)²) and ratio (mean ρ)."""
@@ -219,12 +235,13 @@ def ppo_loss(new_logprobs, old_logprobs, advantages, new_values, old_values, ret
     ratio = torch.exp(log_ratio)
     pg1 = -advantages * ratio
     pg2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    pg_loss = masked_mean(torch.maximum(pg1, pg2), mask)
+    n = mask.sum().clamp_min(1) if n_tokens is None else n_tokens
+    pg_loss = (torch.maximum(pg1, pg2) * mask).sum() / n
 
     v_clipped = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
     vf1 = (new_values - returns) ** 2
     vf2 = (v_clipped - returns) ** 2
-    vf_loss = 0.5 * masked_mean(torch.maximum(vf1, vf2), mask)
+    vf_loss = 0.5 * ((torch.maximum(vf1, vf2) * mask).sum() / n)
 
     loss = pg_loss + vf_coef * vf_loss
     with torch.no_grad():
@@ -331,6 +348,158 @@ class Rollout:
         return self.query_ids.shape[0]
 
 
+# -- several processes: where the kernels meet accelerate ---------------------------------------
+# Data parallelism (DDP) and sharding (FSDP2) of the policy without putting either into the
+# algorithm's lines.  A trainer keeps its policy (with PPO's value head) in one PolicyModule, the
+# module that ``accelerator.prepare`` wraps together with the optimizer.  Everything that runs θ —
+# sampling, log-probs with gradients, the adapter-disabled reference — runs as that module's
+# forward (``policy(f, *args)`` is ``f(*args)``), so the wrapper sees every use: DDP all-reduces the
+# gradients in buckets during ``accelerator.backward``, FSDP gathers each layer's shards when it
+# runs and reduce-scatters its gradients.  GlobalBatch sums over the processes where the algorithm
+# needs a statistic of the whole batch (PPO's whitening, its per-token normaliser, the KL that
+# drives β), so that W processes with B sequences each take the step one process would take on
+# the W·B sequences.  Without an accelerator — the pipeline's path — each helper is the plain torch
+# call the kernels made before accelerate was added, in the same order (bit-identical, tested).
+
+class PolicyModule(nn.Module):
+    """π_θ (``model``) and, for PPO, its value head, as one module: what accelerate wraps.
+
+    ``policy(f, *args, **kwargs)`` returns ``f(*args, **kwargs)``, run as this module's forward:
+    the DDP / FSDP hooks around the forward fire for whatever ``f`` does with ``model`` (one
+    generation, one log-prob pass).  ``_no_split_modules`` is the model's, so FSDP's default
+    auto-wrap policy shards it by decoder layer."""
+
+    def __init__(self, model, value_head=None):
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+
+    def forward(self, f, *args, **kwargs):
+        return f(*args, **kwargs)
+
+
+def make_accelerator(cpu: bool = False, **kwargs):
+    """``accelerate.Accelerator`` for the kernels: DDP with ``find_unused_parameters`` (a process whose
+    batch leaves a trainable tensor without gradient must not stall the others' all-reduce) and
+    without a per-forward broadcast of buffers (the policy's are constants, e.g. RoPE frequencies;
+    the rollout's generation runs as one forward).  The launch config (``accelerate launch
+    --config_file …``) picks DDP, FSDP or one process."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    return Accelerator(cpu=cpu, kwargs_handlers=[ddp, *kwargs.pop("kwargs_handlers", [])], **kwargs)
+
+
+def check_supported(accelerator) -> None:
+    """One-line error for a distributed type the kernels are not built for (DeepSpeed: its engine
+    owns the optimiser step and the gradient clipping; use FSDP to shard)."""
+    if accelerator is None:
+        return
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(f"distributed type {accelerator.distributed_type} is not supported by pluralign's PPO / "
+                         "Nash-MD kernels: shard with FSDP (configs/accelerate/fsdp.yaml) instead")
+
+
+def is_sharded(accelerator) -> bool:
+    """Whether the policy's parameters are sharded across the processes (FSDP)."""
+    if accelerator is None:
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def is_main_process(accelerator) -> bool:
+    return accelerator is None or accelerator.is_main_process
+
+
+def trainable(module) -> list:
+    """The parameters that require a gradient, in module order."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def accelerate_prepare(accelerator, module, optimizer):
+    """(module, optimizer) wrapped by ``accelerator.prepare`` (DDP, FSDP, device placement, mixed
+    precision), or as they are without an accelerator."""
+    check_supported(accelerator)
+    if accelerator is None:
+        return module, optimizer
+    return accelerator.prepare(module, optimizer)
+
+
+def prepare_frozen(accelerator, model):
+    """A frozen model used beside the policy (a full copy as reference μ or EMA θ̄): sharded like the
+    policy under FSDP; as it is otherwise (each DDP process holds the same frozen copy)."""
+    if not is_sharded(accelerator):
+        return model
+    return accelerator.prepare(model)  # FSDP2: through prepare (accelerate's prepare_model refuses it)
+
+
+def optimiser_step(accelerator, optimizer, params, loss, max_grad_norm: float) -> float:
+    """One AdamW step on ``loss``: zero the gradients, backward (through accelerate: DDP's bucketed
+    all-reduce, FSDP's reduce-scatter), clip their global norm, step.  Returns the norm before
+    clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    if accelerator is None:
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        accelerator.backward(loss)
+        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def full_state_dict(accelerator, module) -> dict | None:
+    """The whole module's state dict on the main process (gathered from the shards under FSDP:
+    every process must call this), None on the others; ``module.state_dict()`` without sharding."""
+    if not is_sharded(accelerator):
+        return module.state_dict() if is_main_process(accelerator) else None
+    state = accelerator.get_state_dict(module)
+    return state if accelerator.is_main_process else None
+
+
+class GlobalBatch:
+    """Sums and means over the batch of every process of a data-parallel run (one all-reduce
+    each); on one process, the plain local computation.  ``world`` is the number of processes."""
+
+    def __init__(self, accelerator=None):
+        self.accelerator = accelerator
+        self.world = 1 if accelerator is None else accelerator.num_processes
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """x summed over the processes (x itself on one)."""
+        if self.world == 1:
+            return x
+        return self.accelerator.reduce(x, "sum")
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of x's entries over every process's x (``x.mean()`` on one)."""
+        if self.world == 1:
+            return x.mean()
+        return self.sum(x.sum()) / self.sum(torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device))
+
+    def size(self, n: int) -> int:
+        """The number of sequences of all processes when this one holds n (n on one process)."""
+        if self.world == 1:
+            return n
+        return int(self.sum(torch.tensor(n, device=self.accelerator.device)))
+
+    def per_process_count(self, mask: torch.Tensor) -> torch.Tensor:
+        """The normaliser of a per-token mean over the global minibatch for a loss whose gradients
+        DDP averages over the processes: (tokens on all processes) / W, at least 1/W.  On one
+        process ``mask.sum().clamp_min(1)``, the denominator of :func:`pluralign.ppo.masked_mean`."""
+        if self.world == 1:
+            return mask.sum().clamp_min(1)
+        return self.sum(mask.sum()).clamp_min(1) / self.world
+
+
 def _is_peft(model) -> bool:
     try:
         from peft import PeftModel
@@ -354,9 +523,15 @@ class PPO:
     off throughout (the model is kept in eval mode, as TRL's PPO disables dropout), so old and new
     log-probs are one function: with dropout on, ρ = π_θ/π_old would differ from 1 even before
     the first update, by noise alone, and the clipping would act on that noise.  (For that reason
-    the Tulu2 policy's LoRA has no dropout at all: :func:`pluralign.lora.lora_policy`.)"""
+    the Tulu2 policy's LoRA has no dropout at all: :func:`pluralign.lora.lora_policy`.)
 
-    def __init__(self, model, tokenizer, config: PPOConfig | None = None, ref_model=None):
+    ``accelerator``: an ``accelerate.Accelerator`` (:func:`make_accelerator`) when
+    several processes train together; ``policy`` (model and value head, :class:`PolicyModule`)
+    and ``optimizer`` are then what ``accelerator.prepare`` made of them, and under FSDP the full
+    model's reference is sharded too.  None (the default): plain torch on one process.  ``model``
+    and ``value_head`` stay the unwrapped modules."""
+
+    def __init__(self, model, tokenizer, config: PPOConfig | None = None, ref_model=None, accelerator=None):
         self.config = cfg = config if config is not None else PPOConfig()
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer.pad_token_id is None; add a pad token distinct from eos, e.g. "
@@ -379,10 +554,17 @@ class PPO:
             self.ref_model = fused_gelu(ref_model if ref_model is not None else copy.deepcopy(model)).eval()
             self.ref_model.requires_grad_(False)
         self.value_head = ValueHead(model.config.hidden_size).to(self.device, self.dtype)
-        self.params = [q for q in model.parameters() if q.requires_grad] + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)  # HF/TRL default
+        # π_θ and V as one module: the one that runs θ, and that accelerate wraps (section "several processes")
+        self.policy = PolicyModule(self.model, self.value_head)
+        self.optimizer = torch.optim.AdamW(trainable(self.policy), lr=cfg.learning_rate,
+                                           weight_decay=0.0)  # HF/TRL default
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, functools.partial(lr_multiplier, cfg.lr_schedule, total_steps=cfg.total_steps))
+        self.accelerator, self.batch = accelerator, GlobalBatch(accelerator)
+        self.policy, self.optimizer = accelerate_prepare(accelerator, self.policy, self.optimizer)
+        if self.ref_model is not None:
+            self.ref_model = prepare_frozen(accelerator, self.ref_model)
+        self.params = trainable(self.policy)  # after prepare: FSDP replaces them with their shards
         self.kl_coef = cfg.kl_coef  # β: fixed, or adapted after every step when cfg.kl_target is set
         self.n_updates = 0  # optimizer steps so far
         self.generation_kwargs = dict(
@@ -397,8 +579,8 @@ class PPO:
         with torch.no_grad():
             if self.is_peft:
                 with self.model.disable_adapter():
-                    lp, _, _ = response_logprobs_and_values(self.model, None, input_ids, attention_mask,
-                                                            n_query, self.config.temperature, entropy=False)
+                    lp, _, _ = self.policy(response_logprobs_and_values, self.model, None, input_ids, attention_mask,
+                                           n_query, self.config.temperature, entropy=False)
             else:
                 lp, _, _ = response_logprobs_and_values(self.ref_model, None, input_ids, attention_mask,
                                                         n_query, self.config.temperature, entropy=False)
@@ -417,11 +599,11 @@ class PPO:
             raise ValueError("queries must be left-padded (tokenizer.padding_side = 'left')")
         self.model.eval()
         Q = query_ids.shape[1]
-        response, mask = sample_responses(self.model, query_ids, query_mask, self.generation_kwargs)
+        response, mask = self.policy(sample_responses, self.model, query_ids, query_mask, self.generation_kwargs)
         ids = torch.cat([query_ids, response], dim=1)
         am = torch.cat([query_mask, mask.long()], dim=1)
-        logprobs, values, _ = response_logprobs_and_values(self.model, self.value_head, ids, am, Q,
-                                                           self.config.temperature, entropy=False)
+        logprobs, values, _ = self.policy(response_logprobs_and_values, self.model, self.value_head, ids, am, Q,
+                                          self.config.temperature, entropy=False)
         ref = self.ref_logprobs(ids, am, Q)
         return Rollout(query_ids, query_mask, response, mask, logprobs, ref, values)
 
@@ -444,9 +626,9 @@ class PPO:
 
         rewards, kl = per_token_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, beta)
         if cfg.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
+            rewards = whiten(rewards, mask, shift_mean=False, total=self.batch.sum)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, mask)
+        advantages = whiten(advantages, mask, total=self.batch.sum)  # over every process's tokens
 
         ids, am = rollout.input_ids, rollout.attention_mask
         lengths = rollout.response_mask.sum(1)
@@ -457,15 +639,14 @@ class PPO:
             for start in range(0, B, cfg.mini_batch_size):
                 idx = perm[start:start + cfg.mini_batch_size]
                 T = int(lengths[idx].max())  # drop columns that are padding for the whole minibatch
-                lp, v, ent = response_logprobs_and_values(self.model, self.value_head, ids[idx, :Q + T],
-                                                          am[idx, :Q + T], Q, cfg.temperature)
+                lp, v, ent = self.policy(response_logprobs_and_values, self.model, self.value_head,
+                                         ids[idx, :Q + T], am[idx, :Q + T], Q, cfg.temperature)
                 m = mask[idx, :T]
                 loss, st = ppo_loss(lp, rollout.logprobs[idx, :T], advantages[idx, :T], v, rollout.values[idx, :T],
-                                    returns[idx, :T], m, cfg.cliprange, cfg.cliprange_value, cfg.vf_coef)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
-                self.optimizer.step()
+                                    returns[idx, :T], m, cfg.cliprange, cfg.cliprange_value, cfg.vf_coef,
+                                    n_tokens=self.batch.per_process_count(m))
+                st["grad_norm"] = optimiser_step(self.accelerator, self.optimizer, self.params, loss,
+                                                 cfg.max_grad_norm)
                 self.n_updates += 1
                 st["entropy"] = float(masked_mean(ent, m))
                 for k, x in st.items():
@@ -473,7 +654,7 @@ class PPO:
                 n += 1
         stats = {
             "score": float(raw_scores.mean()),
-            "kl": float(kl.sum(1).mean()),
+            "kl": float(self.batch.mean(kl.sum(1))),  # every process's sequences: one β for all
             "non_score_reward": float((-beta * kl).sum(1).mean()),
             "rlhf_reward": float(rewards.sum(1).mean()) if not cfg.whiten_rewards else float("nan"),
             "response_length": float(lengths.float().mean()),
@@ -484,7 +665,7 @@ class PPO:
         stats.update({k: x / n for k, x in sums.items()})
         if cfg.kl_target is not None:  # Ziegler et al. 2019: proportional control of log β, n_steps = B
             e = min(max(stats["kl"] / cfg.kl_target - 1.0, -0.2), 0.2)
-            self.kl_coef = beta * (1.0 + e * B / cfg.kl_horizon)
+            self.kl_coef = beta * (1.0 + e * self.batch.size(B) / cfg.kl_horizon)  # the global batch's B
         self.lr_scheduler.step()
         return stats
 
@@ -497,15 +678,43 @@ class PPO:
     def save_pretrained(self, path) -> None:
         """TRL layout: the policy (adapter only for a PeftModel) and tokenizer via
         ``save_pretrained``, plus ``value_head.safetensors`` (the head's state dict; no pickle, like
-        the rest).  :func:`load_value_head` reads it back."""
+        the rest).  :func:`load_value_head` reads it back.  With an accelerator call it on every
+        process: the main one writes (under FSDP from the state gathered off the shards)."""
         from safetensors.torch import save_file
 
         path = Path(path)
+        state = None
+        if is_sharded(self.accelerator):
+            state = full_state_dict(self.accelerator, self.policy)
+        if not is_main_process(self.accelerator):
+            return
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        if state is None:
+            self.model.save_pretrained(path)
+            head = self.value_head.state_dict()
+        else:
+            self.model.save_pretrained(path, state_dict=_part(state, "model."))
+            head = _part(state, "value_head.")
         self.tokenizer.save_pretrained(path)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()},
-                  str(path / VALUE_HEAD_FILE))
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(path / VALUE_HEAD_FILE))
+
+    # -- checkpoints (accelerate's save_state / load_state) -----------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the model and optimizer (which ``accelerator.save_state``
+        saves itself, with the global random states): β, the update count, the lr schedule and the
+        minibatch shuffles' generator.  Register the trainer with ``accelerator.register_for_checkpointing``."""
+        return {"kl_coef": self.kl_coef, "n_updates": self.n_updates, "lr_scheduler": self.lr_scheduler.state_dict(),
+                "shuffle_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_coef, self.n_updates = state["kl_coef"], state["n_updates"]
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["shuffle_generator"])
+
+
+def _part(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under ``prefix``, the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 VALUE_HEAD_FILE = "value_head.safetensors"

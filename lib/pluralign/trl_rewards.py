@@ -14,6 +14,17 @@ process's share (per_device_train_batch_size × steps_per_generation completions
 (:func:`batch_group_means`) and every process picks the same group — the argmin over the global
 batch, as on one process.
 
+The group picked is logged to TRL's logs through the reward-function API's ``log_metric``
+(``maxmin_<rule>/picked_group`` and each ``maxmin_<rule>/group_<k>_mean``, averaged by TRL over
+processes and logging steps: every process picks the same group, so a step's value is that group)
+and kept in :attr:`MaxMinReward.picked`.
+
+Standardisation: the K models are put on one scale by base-policy means and standard deviations —
+given, fitted on samples (:meth:`MaxMinReward.fit_standardisation`), or ``standardise="first_batch"``:
+from the first generation batch TRL scores, which the initial policy drew (a LoRA policy starts
+as its base: B = 0), over every process's completions — no separate sampling pass, which under
+DeepSpeed ZeRO-3 or FSDP would need the sharded policy outside the trainer.
+
 Passing the K reward models to TRL as K separate ``reward_funcs`` would not do this: TRL sums
 weighted rewards, the utilitarian objective, not the egalitarian min.
 """
@@ -23,23 +34,41 @@ import torch
 
 from .maxmin_ppo import RULES, GroupRewards, combine
 
-__all__ = ["MaxMinReward", "batch_group_means"]
+__all__ = ["MaxMinReward", "batch_group_means", "batch_group_moments"]
 
 
-def batch_group_means(scores: torch.Tensor) -> torch.Tensor:
-    """(K,) mean score of each group over the whole generation batch: this process's (K, B)
-    scores and, when ``torch.distributed`` is initialised with more than one process, every other
-    process's (one all-reduce of the K sums and the count, float64; the buffer goes to the GPU
-    for NCCL).  Processes may hold different numbers of completions."""
+def _all_sum(buf: torch.Tensor) -> torch.Tensor:
+    """buf (float64) summed over the processes when ``torch.distributed`` is initialised with more
+    than one (one all-reduce; on the GPU for NCCL), else itself."""
     import torch.distributed as dist
 
-    buf = torch.cat([scores.double().sum(1), torch.tensor([float(scores.shape[1])], dtype=torch.float64)])
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
         buf = buf.to(device)
         dist.all_reduce(buf)  # SUM
         buf = buf.cpu()
+    return buf
+
+
+def batch_group_means(scores: torch.Tensor) -> torch.Tensor:
+    """(K,) mean score of each group over the whole generation batch: this process's (K, B)
+    scores and, when ``torch.distributed`` is initialised with more than one process, every other
+    process's (one all-reduce of the K sums and the count, float64).  Processes may hold different
+    numbers of completions."""
+    buf = _all_sum(torch.cat([scores.double().sum(1), torch.tensor([float(scores.shape[1])], dtype=torch.float64)]))
     return buf[:-1] / buf[-1]
+
+
+def batch_group_moments(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (K,), unbiased std (K,)) of each group's scores over every process's (K, B) scores,
+    from one all-reduce of the sums, the sums of squares and the count (float64)."""
+    x = scores.double()
+    buf = _all_sum(torch.cat([x.sum(1), (x * x).sum(1), torch.tensor([float(x.shape[1])], dtype=torch.float64)]))
+    K = x.shape[0]
+    n, s, ss = buf[-1], buf[:K], buf[K:2 * K]
+    mean = s / n
+    var = (ss - n * mean * mean) / (n - 1).clamp_min(1)
+    return mean, var.clamp_min(0).sqrt()
 
 
 class MaxMinReward:
@@ -47,8 +76,9 @@ class MaxMinReward:
 
     models: K one-output sequence classifiers (one per group) reading prompt + completion + eos;
     tokenizer: theirs (the policy's, in this compendium); rule: one of ``maxmin_ppo.RULES``;
-    standardise: optional (mean, std), each (K,), from base-policy samples — without it the raw
-    scores are compared, which is only meaningful when the models share a scale.
+    standardise: optional (mean, std), each (K,), from base-policy samples, or ``"first_batch"``
+    (fitted on the first call's completions, all processes' together, module docstring) — without
+    it the raw scores are compared, which is only meaningful when the models share a scale.
 
     ``picked`` holds, per call, the group the rule singled out (−1 for ``sample_min``/``mean``);
     ``group_means`` the (K,) mean standardised score of every group over the global batch, per call."""
@@ -56,7 +86,11 @@ class MaxMinReward:
     def __init__(self, models: list, tokenizer, rule: str = "argmin", standardise=None):
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-        mean, std = (None, None) if standardise is None else (torch.as_tensor(s).float() for s in standardise)
+        if isinstance(standardise, str) and standardise != "first_batch":
+            raise ValueError(f"standardise must be None, (mean, std) or 'first_batch', got {standardise!r}")
+        self.fit_first_batch = standardise == "first_batch"
+        mean, std = ((None, None) if standardise is None or self.fit_first_batch
+                     else (torch.as_tensor(s).float() for s in standardise))
         if mean is not None and not (mean.shape == std.shape == (len(models),)):
             raise ValueError(f"standardise needs (mean, std) of shape ({len(models)},) each, got "
                              f"{tuple(mean.shape)} and {tuple(std.shape)}")
@@ -79,7 +113,11 @@ class MaxMinReward:
         # the reward models were trained on prompt + " " + response, as maxmin_ppo.train_policy scores it
         responses = [" " + c.strip() for c in completions]
         g = self.rewards
-        scores = g(prompts, responses) if g.mean is not None else g.raw(prompts, responses)  # (K, B)
+        raw = g.raw(prompts, responses)  # (K, B)
+        if self.fit_first_batch and g.mean is None:  # the initial policy's completions: base samples
+            mean, std = batch_group_moments(raw)
+            g.mean, g.std = mean.float(), std.float().clamp_min(1e-6)
+        scores = (raw - g.mean[:, None]) / g.std[:, None] if g.mean is not None else raw  # GroupRewards' z-scores
         means = batch_group_means(scores)  # over every process's completions
         if self.rule == "argmin":
             group = int(means.argmin())  # maxmin_group on the global batch: the same on every process
