@@ -6,11 +6,13 @@ papermill, and publish what it wrote only if every cell succeeded.
 
 The notebook receives the section's keys (and those of ``--also`` sections) as papermill
 parameters, plus ``results_dir`` and ``data_dir``, which point into a staging folder next to the
-repository's results/, and ``inputs_dir`` (the published data/ that earlier stages wrote) when
-it declares them.  A key the notebook does not declare is an error.  On success each staged file
-(metrics, figures, plots, data, the executed notebook under results/notebooks/) replaces its
-published copy; on any failure nothing is published and a single line says why (exit code 2 for
-bad params, 1 for a failing cell, 143 when stopped by SIGTERM).
+repository's results/, ``inputs_dir`` (the published data/ that earlier stages wrote) and
+``interactive = False`` (no sliders: each figure is drawn once, ``pluralign.explore``) when it
+declares them.  (Their defaults in the notebooks are for a run by hand: outputs under scratch/,
+inputs from data/, sliders on.)  A key the notebook does not declare is an error.  On success
+each staged file (metrics, figures, plots, data, the executed notebook under results/notebooks/)
+replaces its published copy; on any failure nothing is published and a single line says why
+(exit code 2 for bad params, 1 for a failing cell, 143 when stopped by SIGTERM).
 
 Params are read exactly as DVC reads them (dvc's own YAML parser: ruamel.yaml, YAML 1.2), so
 the notebook runs with the values dvc.lock records: ``T: 0300`` is 300, ``soft: no`` is the
@@ -453,10 +455,11 @@ def run(args, root: Path, section: dict, notebook: Path, declared: set) -> None:
         with sigterm_deferred():  # never a staging folder without its pid file
             stage_dir = make_staging(root, args.stage)
         out_nb = stage_dir / "results" / "notebooks" / notebook.name
-        # outputs go to the staging folder; inputs (earlier stages' outputs) are read where published
-        paths = {"results_dir": str(stage_dir / "results"), "data_dir": str(stage_dir / "data"),
-                 "inputs_dir": str(root / "data")}
-        parameters = dict(section, **{k: v for k, v in paths.items() if k in declared})
+        # outputs go to the staging folder; inputs (earlier stages' outputs) are read where published;
+        # no widgets (a stored notebook holds the static figures, no widget views or state)
+        injected = {"results_dir": str(stage_dir / "results"), "data_dir": str(stage_dir / "data"),
+                    "inputs_dir": str(root / "data"), "interactive": False}
+        parameters = dict(section, **{k: v for k, v in injected.items() if k in declared})
         seconds = _execute(notebook, out_nb, parameters, args.stage)
         wall = normalise_notebook(out_nb, path_replacements(stage_dir, root, notebook.parent), timings)
         with sigterm_deferred():

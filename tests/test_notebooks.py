@@ -13,9 +13,12 @@ pytestmark = pytest.mark.slow
 def execute(root, tmp_path, stage):
     out = tmp_path / "out"
     tmp_path.mkdir(parents=True, exist_ok=True)
+    # interactive=False as the pipeline's runner injects it: each figure drawn once, no widgets
     pm.execute_notebook(str(root / "notebooks" / NOTEBOOKS[stage]), str(tmp_path / NOTEBOOKS[stage]),
-                        parameters=dict(TINY[stage], results_dir=str(out / "results"), data_dir=str(out / "data")),
+                        parameters=dict(TINY[stage], results_dir=str(out / "results"), data_dir=str(out / "data"),
+                                        interactive=False),
                         kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
+    assert "application/vnd.jupyter.widget" not in (tmp_path / NOTEBOOKS[stage]).read_text()
     return out
 
 

@@ -130,6 +130,19 @@ def test_notebook_gets_the_value_dvc_lock_records(tmp_path, root):
     assert json.loads((tmp / "results" / "metrics" / "params.json").read_text()) == dict(TINY["nash_md"], T=300)
 
 
+def test_the_runner_turns_the_sliders_off(tmp_path, root):
+    # `interactive` (sliders, pluralign.explore) is True in a notebook run by hand; the pipeline injects False
+    tmp = make_root(tmp_path, root, {"nash_md": TINY["nash_md"]}, [])
+    write_notebook(tmp / "notebooks" / "dump.ipynb", [*NASH, "results_dir", "interactive"],
+                   f"KEYS = {[*NASH, 'interactive']!r}\n" + DUMP)
+    out = run_stage(tmp, "nash_md", "dump.ipynb")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp / "results" / "metrics" / "params.json").read_text())["interactive"] is False
+    stored = nbformat.read(tmp / "results" / "notebooks" / "dump.ipynb", as_version=4)
+    injected = next(c for c in stored.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "interactive = False" in injected.source
+
+
 def test_yaml_1_1_boolean_words_are_strings_as_for_dvc(tmp_path, root):
     section = "\n".join(f"  {k}: {'no' if k == 'soft' else json.dumps(v)}" for k, v in TINY["em_clusters"].items())
     tmp = make_root(tmp_path, root, "em_clusters:\n" + section + "\n", [])
