@@ -154,7 +154,8 @@ def _widget_text(model_id: str, state: dict) -> str | None:
         texts = [_widget_text(c.removeprefix("IPY_MODEL_"), state) for c in s.get("children", [])]
         return " ".join(t for t in texts if t)
     if kind in ("HTMLModel", "LabelModel"):
-        return html.unescape(re.sub(r"<[^>]+>", "", str(s.get("value", "")))).strip()
+        text = html.unescape(re.sub(r"<[^>]+>", "", str(s.get("value", ""))))
+        return text.replace("\u2007", " ").replace("\xa0", " ").strip()  # tqdm pads with figure spaces
     if kind in ("FloatProgressModel", "IntProgressModel"):
         frac = s.get("value", 0) / s["max"] if s.get("max") else 0.0
         return "|" + "█" * round(10 * frac) + " " * (10 - round(10 * frac)) + "|"

@@ -33,7 +33,7 @@ def executed_notebook(title: str, widget: bool = False) -> nbformat.NotebookNode
     if widget:  # tqdm under ipywidgets: an HBox of HTML, a progress bar and HTML
         state = {
             "box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_l", "IPY_MODEL_bar", "IPY_MODEL_r"]}},
-            "l": {"model_name": "HTMLModel", "state": {"value": "Loading weights: 100%"}},
+            "l": {"model_name": "HTMLModel", "state": {"value": "Loading\u2007weights:\u2007100%"}},
             "bar": {"model_name": "FloatProgressModel", "state": {"value": 28, "max": 28}},
             "r": {"model_name": "HTMLModel", "state": {"value": " 28/28 [00:00&lt;00:00]"}},
         }
