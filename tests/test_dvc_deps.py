@@ -78,7 +78,8 @@ def needed_deps(notebook: str) -> set[str]:
     return {f"lib/pluralign/{m}.py" for m in transitive(mods)} | scripts
 
 
-STAGES = {name: st for name, st in DVC["stages"].items()}
+# the notebook stages (the `book` stage runs a script that reads their executed copies: tested below)
+STAGES = {name: st for name, st in DVC["stages"].items() if ".ipynb" in st["cmd"]}
 
 
 def _notebook_of(stage: dict) -> str:
@@ -116,3 +117,20 @@ def test_package_init_holds_no_code():
     kinds = [type(n).__name__ for n in tree.body]
     assert kinds[0] == "Expr" and all(k == "Assign" for k in kinds[1:]), kinds
     assert [t.id for n in tree.body[1:] for t in n.targets] == ["__version__"]
+
+
+def test_book_stage_deps_are_the_files_the_book_reads():
+    """The book is rebuilt when an executed notebook (or anything else it reads) changes: its deps
+    are exactly what scripts/build_book.py reads, less dvc.yaml (DVC refuses it as a dep)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_book
+
+    book = DVC["stages"]["book"]
+    executed = {o for st in STAGES.values() for o in st["outs"] if isinstance(o, str) and o.startswith("results/notebooks/")}
+    assert len(executed) == len(STAGES)
+    assert executed <= set(book["deps"])
+    assert sorted(book["deps"]) == sorted(set(build_book.book_inputs(ROOT)) - {"dvc.yaml"})
+    assert list(DVC["stages"])[-1] == "book"
+    assert book["outs"] == [{"docs/book": {"cache": False, "persist": True}}]

@@ -299,6 +299,8 @@ STABLE_CELLS = [
     "for i in tqdm(range(5), desc='loop'):\n    time.sleep(random.uniform(0.01, 0.12))\n"
     "for i in tqdm(range(3), desc='gone', leave=False):\n    time.sleep(random.uniform(0.01, 0.12))\nprint('after')",
     f"KEYS = {NASH!r}\n" + DUMP,
+    # tqdm.auto's notebook bar (a widget view) where ipywidgets is installed, as Hugging Face's libraries show
+    "from tqdm.auto import tqdm as auto_tqdm\nfor i in auto_tqdm(range(3), desc='widget'):\n    time.sleep(random.uniform(0.01, 0.05))",
     "watch.__exit__(None, None, None)",
 ]
 
@@ -328,6 +330,7 @@ def test_executed_notebook_is_byte_stable(tmp_path, root):
     streams = "".join(o.text for o in outputs if o.output_type == "stream")
     assert "../results ../data\n" in streams
     assert "loop: 100%|██████████| 5/5\n" in streams and "it/s" not in streams and "gone" not in streams
+    assert "widget-view" not in text and "widget-state" not in text and "widgets" not in nb.metadata
     assert ("[00_tiny] wall time: recorded in results/timings/nash_md.json "
             "(not stored here so this notebook is byte-stable)\n") in streams
     timings = json.loads((tmp / "results" / "timings" / "nash_md.json").read_text())
