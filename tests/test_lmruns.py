@@ -116,3 +116,17 @@ def test_win_matrix_intervals_bracket_the_matrix():
         for y in scores:
             assert iv["lo"].loc[x, y] <= W.loc[x, y] + 1e-12 <= iv["hi"].loc[x, y] + 2e-12
     assert iv["lo"].loc["a", "b"] > 0.5  # a's scores are shifted up: a clear win
+
+
+def test_checkpoint_csv_with_a_bare_carriage_return_reads_back_whole(tmp_path):
+    """A generated answer may hold a bare "\\r" (byte-level BPE), which pandas' CSV writer leaves
+    unquoted and its default reader takes for a line end: notebooks 09 and 12 read the frontier's
+    checkpoints with lineterminator="\\n" (a real 10:1 run broke two rows this way)."""
+    from pluralign import report
+
+    frame = pd.DataFrame({"seed": [0, 1], "step": [3, 10], "response": ["fine", "odd\rtail 482.1"], "kl": [0.5, 1.5]})
+    path = tmp_path / "ppo_checkpoints.csv"
+    report.write_csv(path, frame)
+    back = pd.read_csv(path, keep_default_na=False, lineterminator="\n")
+    assert back.response.tolist() == frame.response.tolist() and back.kl.tolist() == [0.5, 1.5]
+    assert len(pd.read_csv(path, keep_default_na=False)) != len(frame)  # the default reader splits the row
