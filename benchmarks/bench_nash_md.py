@@ -9,6 +9,11 @@ AdamW update.  TRL runs in its own venv (``benchmarks/setup_trl113.sh``); this s
 project's venv and calls it.
 
     python benchmarks/bench_nash_md.py [--steps 6] [--warmup 2]    # writes results/benchmarks/nash_md.json
+    python benchmarks/bench_nash_md.py --size gpt2                 # GPT-2-small shape → nash_md_gpt2.json
+
+``--size gpt2``: the GPT-2-small architecture (as in bench_ppo.py), batch 8, 32 new tokens, 2 threads
+per side.  Also reported: the update's achieved FLOP/s (bench_ppo.update_flops, one pass) against a
+dense fp32 matmul rate measured in the same run.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import platform
 import random
 import statistics
 import subprocess
@@ -35,6 +41,11 @@ from pluralign import lm  # noqa: E402
 from pluralign.nash_md_lm import (NashMD, NashMDConfig, mixture_sample, mixture_sample_nocache,  # noqa: E402
                                   preference_from_reward)
 from pluralign.reward_models import score  # noqa: E402
+from bench_ppo import matmul_rate, update_flops  # noqa: E402
+
+SIZES = {"tiny": dict(n_embd=128, n_layer=2, n_head=4, vocab_size=250, batch_size=32, response_lengths=[64, 128]),
+         "gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50253, batch_size=8, response_lengths=[32],
+                      steps=3, warmup=1, trl_steps=2, trl_warmup=1, threads=2)}
 
 
 def setup(args, T: int):
@@ -59,7 +70,7 @@ def ours(args, T: int) -> dict:
     preference = preference_from_reward(lambda p, r: score(rm, tok, p, r))
     nash = NashMD(policy, tok, NashMDConfig(beta=args.mixture_coef, tau=args.tau, learning_rate=1e-3,
                                             batch_size=args.batch_size, max_new_tokens=T, seed=args.seed))
-    times, roll_t, pref_t, upd_t, lengths = [], [], [], [], []
+    times, roll_t, pref_t, upd_t, lengths, flops = [], [], [], [], [], []
     for i in range(args.warmup + args.steps):
         batch = prompts[(i * args.batch_size) % 1024:][: args.batch_size]
         ids, mask = lm.encode_prompts(tok, batch)
@@ -78,11 +89,14 @@ def ours(args, T: int) -> dict:
             pref_t.append(t2 - t1)
             upd_t.append(t3 - t2)
             lengths.append(roll.opponent_ids.shape[1])
+            flops.append(update_flops(policy, args.batch_size, roll.query_ids.shape[1], roll.response_ids.shape[1], 1))
     return {"seconds_per_step": statistics.median(times), "seconds_per_step_min": min(times),
             "seconds_per_step_all": [round(t, 4) for t in times],
             "rollout_seconds": statistics.median(roll_t),  # generate y + mixture y' + log μ(y)
             "preference_seconds": statistics.median(pref_t), "update_seconds": statistics.median(upd_t),
-            "mean_mixture_generated_length": statistics.mean(lengths)}
+            "mean_mixture_generated_length": statistics.mean(lengths),
+            "policy_parameters": sum(p.numel() for p in policy.parameters()),
+            "update_flops_per_second": statistics.median(f / t for f, t in zip(flops, upd_t))}
 
 
 def mixture_speed(args, T: int) -> dict:
@@ -107,34 +121,43 @@ def mixture_speed(args, T: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--trl-steps", type=int, default=2, help="TRL's steps take ~10-100 s each")
-    ap.add_argument("--trl-warmup", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--response-lengths", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--n-embd", type=int, default=128)
-    ap.add_argument("--n-layer", type=int, default=2)
-    ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--vocab-size", type=int, default=250)
+    ap.add_argument("--size", choices=tuple(SIZES), default="tiny", help="model shape, batch, lengths (see SIZES)")
+    ap.add_argument("--steps", type=int, default=None, help="default 6 (gpt2: 3)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 2 (gpt2: 1)")
+    ap.add_argument("--trl-steps", type=int, default=None, help="TRL's steps take ~10-100 s each; default 2")
+    ap.add_argument("--trl-warmup", type=int, default=None, help="default 1")
+    ap.add_argument("--response-lengths", type=int, nargs="+", default=None, help="default 64 128 (gpt2: 32)")
     ap.add_argument("--mixture-coef", type=float, default=0.5, help="β (TRL's default mixture_coef)")
     ap.add_argument("--tau", type=float, default=0.1, help="τ (TRL's default beta)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="per side; 1 is steady on a shared 2-core box, where 2 OpenMP threads spin-wait badly")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="per side; default 1 (steady on a shared 2-core box, where 2 OpenMP threads spin-wait "
+                         "badly; gpt2: 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-trl", action="store_true", help="only our side (no TRL 1.13 venv needed)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "nash_md.json"))
+    ap.add_argument("--out", default=None, help="default results/benchmarks/nash_md.json (gpt2: nash_md_gpt2.json)")
     args = ap.parse_args()
+    for key, value in {"steps": 6, "warmup": 2, "trl_steps": 2, "trl_warmup": 1, "threads": 1, **SIZES[args.size]}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.out = args.out or str(ROOT / "results" / "benchmarks" / f"nash_md{'' if args.size == 'tiny' else '_' + args.size}.json")
     torch.set_num_threads(args.threads)
     lengths = [str(T) for T in args.response_lengths]
-    report = {"config": vars(args) | {"out": None}, "loadavg_before": os.getloadavg()[0]}
+    report = {"config": vars(args) | {"out": None}, "loadavg_before": os.getloadavg()[0],
+              "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} "
+                        f"thread(s) per side, torch {torch.__version__}; a shared 2-core machine"}
+    report["matmul_flops_per_second"] = matmul_rate()
     report["ours"] = {str(T): ours(args, T) for T in args.response_lengths}
-    report["mixture_generation"] = {str(T): mixture_speed(args, T) for T in args.response_lengths}
+    if args.size == "tiny":  # the cached / cache-less mixture sampler race: tiny size only (O(T²) at 124M)
+        report["mixture_generation"] = {str(T): mixture_speed(args, T) for T in args.response_lengths}
+    report["update_flops_over_matmul"] = {T: report["ours"][T]["update_flops_per_second"]
+                                          / report["matmul_flops_per_second"] for T in lengths}
     for T in lengths:
-        mix = report["mixture_generation"][T]
-        print(f"ours, {T} tokens: {report['ours'][T]['seconds_per_step']:.3f} s/step; mixture "
-              f"{mix['cached']['tokens_per_second']:.0f} tok/s cached vs {mix['nocache']['tokens_per_second']:.0f} "
-              f"recomputed ({mix['speedup']:.1f}x)")
+        print(f"ours, {T} tokens: {report['ours'][T]['seconds_per_step']:.3f} s/step; update "
+              f"{report['update_flops_over_matmul'][T]:.0%} of the matmul rate")
+        if "mixture_generation" in report:
+            mix = report["mixture_generation"][T]
+            print(f"  mixture {mix['cached']['tokens_per_second']:.0f} tok/s cached vs "
+                  f"{mix['nocache']['tokens_per_second']:.0f} recomputed ({mix['speedup']:.1f}x)")
     if not args.skip_trl:
         venv = ROOT / "benchmarks" / ".venv-trl113" / "bin" / "python"
         if not venv.exists():
@@ -150,7 +173,7 @@ def main():
                                    / report["trl_1_13"]["by_length"][T]["seconds_per_step"] for T in lengths}
         for T in lengths:
             print(f"TRL 1.13, {T} tokens: {report['trl_1_13']['by_length'][T]['seconds_per_step']:.2f} s/step "
-                  f"→ ours/TRL = {report['ours_over_trl'][T]:.3f} (target ≤ 0.3)")
+                  f"→ ours/TRL = {report['ours_over_trl'][T]:.3f} (target ≤ {0.2 if args.size == 'gpt2' else 0.3})")
     report["loadavg_after"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

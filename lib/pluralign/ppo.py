@@ -388,6 +388,8 @@ def make_accelerator(cpu: bool = False, **kwargs):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    # broadcast_buffers (torch 2.13 warns it is deprecated for forward_sync_buffers, which accelerate
+    # 1.16's DistributedDataParallelKwargs does not take yet); buffers are still synced at init
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
     return Accelerator(cpu=cpu, kwargs_handlers=[ddp, *kwargs.pop("kwargs_handlers", [])], **kwargs)
 
