@@ -1,4 +1,5 @@
 """The GPT-2 runs' plan, learning-rate picks, equal budgets and matched-KL comparisons."""
+import csv
 import pandas as pd
 import pytest
 import torch
@@ -120,8 +121,8 @@ def test_win_matrix_intervals_bracket_the_matrix():
 
 def test_checkpoint_csv_with_a_bare_carriage_return_reads_back_whole(tmp_path):
     """A generated answer may hold a bare "\\r" (byte-level BPE), which pandas' CSV writer leaves
-    unquoted and its default reader takes for a line end: notebooks 09 and 12 read the frontier's
-    checkpoints with lineterminator="\\n" (a real 10:1 run broke two rows this way)."""
+    unquoted and a default reader takes for a line end (a real 10:1 run broke two rows this way):
+    report.write_csv quotes such a frame, and notebooks 09 and 12 also read with lineterminator="\\n"."""
     from pluralign import report
 
     frame = pd.DataFrame({"seed": [0, 1], "step": [3, 10], "response": ["fine", "odd\rtail 482.1"], "kl": [0.5, 1.5]})
@@ -129,4 +130,12 @@ def test_checkpoint_csv_with_a_bare_carriage_return_reads_back_whole(tmp_path):
     report.write_csv(path, frame)
     back = pd.read_csv(path, keep_default_na=False, lineterminator="\n")
     assert back.response.tolist() == frame.response.tolist() and back.kl.tolist() == [0.5, 1.5]
-    assert len(pd.read_csv(path, keep_default_na=False)) != len(frame)  # the default reader splits the row
+    # the writer quotes the field, so the default reader (and dvc plots' csv module) keep the row whole
+    default = pd.read_csv(path, keep_default_na=False)
+    assert default.response.tolist() == frame.response.tolist() and default.step.tolist() == [3, 10]
+    with open(path, newline="") as f:
+        assert [r["response"] for r in csv.DictReader(f)] == frame.response.tolist()
+    # a frame without one is written exactly as before (every other recorded CSV keeps its bytes)
+    plain = frame.assign(response=["fine", "plain"])
+    report.write_csv(path, plain)
+    assert path.read_text() == plain.to_csv(index=False, float_format="%.6g")

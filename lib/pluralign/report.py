@@ -1,6 +1,7 @@
 """Small helpers the notebooks share: metrics JSON, figures, CSV plots and wall time."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -37,8 +38,16 @@ def write_metrics(path, metrics: dict) -> None:
 
 
 def write_csv(path, frame) -> None:
-    """Write a pandas DataFrame as CSV (for ``dvc plots``), atomically."""
-    _atomic_write_text(Path(path), frame.to_csv(index=False, float_format="%.6g"))
+    """Write a pandas DataFrame as CSV (for ``dvc plots``), atomically.
+
+    A text cell holding a bare "\r" (byte-level BPE can generate one) is left unquoted by the csv
+    writer, whose line end is "\n", and any default CSV reader then splits the row there. Such a
+    frame is written with every non-numeric field quoted; every other frame byte for byte as before.
+    """
+    text = frame.select_dtypes(exclude="number")
+    has_cr = any(text[c].astype(str).str.contains("\r", regex=False).any() for c in text.columns)
+    quoting = csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL
+    _atomic_write_text(Path(path), frame.to_csv(index=False, float_format="%.6g", quoting=quoting))
 
 
 def save_figure(fig, path, dpi: int = 120) -> None:
