@@ -40,12 +40,15 @@ from trl112_ppo_step import build_tokenizer, build_words  # noqa: E402  (the sam
 from pluralign import lm  # noqa: E402
 from pluralign.nash_md_lm import (NashMD, NashMDConfig, mixture_sample, mixture_sample_nocache,  # noqa: E402
                                   preference_from_reward)
+from pluralign.ppo import OPTIMIZERS  # noqa: E402
 from pluralign.reward_models import score  # noqa: E402
 from bench_ppo import matmul_rate, update_flops  # noqa: E402
 
-SIZES = {"tiny": dict(n_embd=128, n_layer=2, n_head=4, vocab_size=250, batch_size=32, response_lengths=[64, 128]),
+SIZES = {"tiny": dict(n_embd=128, n_layer=2, n_head=4, vocab_size=250, batch_size=32, response_lengths=[64, 128],
+                 optim="adamw_torch"),
          "gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50253, batch_size=8, response_lengths=[32],
-                      steps=3, warmup=1, trl_steps=2, trl_warmup=1, threads=2)}
+                      steps=3, warmup=1, trl_steps=2, trl_warmup=1, threads=2,
+                      optim="adamw_torch_fused")}
 
 
 def setup(args, T: int):
@@ -69,7 +72,8 @@ def ours(args, T: int) -> dict:
     tok, policy, rm, prompts = setup(args, T)
     preference = preference_from_reward(lambda p, r: score(rm, tok, p, r))
     nash = NashMD(policy, tok, NashMDConfig(beta=args.mixture_coef, tau=args.tau, learning_rate=1e-3,
-                                            batch_size=args.batch_size, max_new_tokens=T, seed=args.seed))
+                                            batch_size=args.batch_size, max_new_tokens=T, seed=args.seed,
+                                            optim=args.optim))
     times, roll_t, pref_t, upd_t, lengths, flops = [], [], [], [], [], []
     for i in range(args.warmup + args.steps):
         batch = prompts[(i * args.batch_size) % 1024:][: args.batch_size]
@@ -132,6 +136,9 @@ def main():
     ap.add_argument("--threads", type=int, default=None,
                     help="per side; default 1 (steady on a shared 2-core box, where 2 OpenMP threads spin-wait "
                          "badly; gpt2: 2)")
+    ap.add_argument("--optim", choices=OPTIMIZERS, default=None,
+                    help="our AdamW kernel (PPOConfig.optim); default: the cpu profile's adamw_torch at the tiny size, "
+                         "at gpt2 size adamw_torch_fused, TrainingArguments' default, which TRL's side runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-trl", action="store_true", help="only our side (no TRL 1.13 venv needed)")
     ap.add_argument("--out", default=None, help="default results/benchmarks/nash_md.json (gpt2: nash_md_gpt2.json)")

@@ -37,12 +37,13 @@ from trl112_ppo_step import build_tokenizer, build_words  # noqa: E402  (the sam
 
 from pluralign import lm  # noqa: E402
 from pluralign.maxmin_ppo import GroupRewards, combine  # noqa: E402
-from pluralign.ppo import PPO, PPOConfig  # noqa: E402
+from pluralign.ppo import OPTIMIZERS, PPO, PPOConfig  # noqa: E402
 
 
-SIZES = {"tiny": dict(n_embd=128, n_layer=2, n_head=4, vocab_size=250, batch_size=64, response_length=32),
+SIZES = {"tiny": dict(n_embd=128, n_layer=2, n_head=4, vocab_size=250, batch_size=64, response_length=32,
+                 optim="adamw_torch"),
          "gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50253, batch_size=8, response_length=32,
-                      steps=3, warmup=1)}
+                      steps=3, warmup=1, optim="adamw_torch_fused")}
 
 
 def matmul_rate(n: int = 1024, reps: int = 10) -> float:
@@ -85,7 +86,8 @@ def ours(args, K: int):
     prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 8))) for _ in range(1024)]
     rewards.fit_standardisation(prompts[:64], [" " + p for p in prompts[64:128]])
     ppo = PPO(policy, tok, PPOConfig(batch_size=args.batch_size, mini_batch_size=args.batch_size // 4, ppo_epochs=4,
-                                     max_new_tokens=args.response_length, learning_rate=1e-3, seed=args.seed))
+                                     max_new_tokens=args.response_length, learning_rate=1e-3, seed=args.seed,
+                                     optim=args.optim))
     times, gen_times, upd_times, tokens, flops = [], [], [], [], []
     for i in range(args.warmup + args.steps):
         batch = prompts[(i * args.batch_size) % 1024:][: args.batch_size]
@@ -120,6 +122,9 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="default 8 (gpt2: 3)")
     ap.add_argument("--warmup", type=int, default=None, help="default 2 (gpt2: 1)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--optim", choices=OPTIMIZERS, default=None,
+                    help="our AdamW kernel (PPOConfig.optim); default: the cpu profile's adamw_torch at the tiny size, "
+                         "at gpt2 size adamw_torch_fused, TrainingArguments' default, which TRL's side runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-trl", action="store_true", help="only our side (no TRL 1.12 venv needed)")
     ap.add_argument("--out", default=None, help="default results/benchmarks/ppo.json (gpt2: ppo_gpt2.json)")

@@ -240,6 +240,9 @@ def main() -> None:
         "generation_tokens_per_second_until_eos": (sum(gen_tokens[a.warmup:]) / sum(mg)) if mg else None,
         "mean_generated_length": (statistics.mean(g / a.batch_size for g in gen_positions[a.warmup:])) if mg else None,
         "train_total_seconds": train_total,
+        # TrainingArguments.optim: "adamw_torch_fused" by default since torch 2.8 (what our --optim matches)
+        "optimizer": {"optim": str(args.optim), "class": type(trainer.optimizer).__name__,
+                      "fused": bool(trainer.optimizer.defaults.get("fused"))},
         # 1-min load average before/after train(): > --threads means other processes competed for the CPUs
         "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "steps_measured": len(meas),

@@ -134,6 +134,9 @@ def run(a, response_length: int) -> dict:
         "mixture_tokens_per_second": sum(mix_positions[a.warmup:]) / sum(mix),
         "mean_mixture_generated_length": statistics.mean(p / a.batch_size for p in mix_positions[a.warmup:]),
         "train_total_seconds": train_total,
+        # TrainingArguments.optim: "adamw_torch_fused" by default since torch 2.8 (what our --optim matches)
+        "optimizer": {"optim": str(args.optim), "class": type(trainer.optimizer).__name__,
+                      "fused": bool(trainer.optimizer.defaults.get("fused"))},
         # 1-min load average before/after train(): > --threads means other processes competed for the CPUs
         "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "steps_measured": len(meas),

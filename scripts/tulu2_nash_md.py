@@ -63,7 +63,7 @@ def main(argv=None) -> None:
         cfg = NashMDConfig(beta=args.beta, tau=args.tau, learning_rate=p["lr"], batch_size=p["batch_size"],
                            max_new_tokens=p["max_new_tokens"], temperature=p["temperature"], opponent=args.opponent,
                            ema_decay=args.ema_decay, ppo_epochs=p["ppo_epochs"], mini_batch_size=p["mini_batch_size"],
-                           seed=p["seed"])
+                           optim=p["optim"], seed=p["seed"])
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

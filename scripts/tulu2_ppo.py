@@ -185,7 +185,7 @@ def main(argv=None) -> None:
                     learning_rate=p["lr"], kl_coef=p["kl_coef"], kl_target=p["kl_target"], kl_horizon=p["kl_horizon"],
                     lr_schedule=p["lr_schedule"], total_steps=p["steps"] if p["lr_schedule"] != "constant" else None,
                     top_p=p["top_p"], max_new_tokens=p["max_new_tokens"],
-                    temperature=p["temperature"], seed=p["seed"] + rank)  # own samples per process
+                    temperature=p["temperature"], optim=p["optim"], seed=p["seed"] + rank)  # own samples per process
     ppo = PPO(policy, tok, cfg, accelerator=accelerator)
 
     prompts = load_prompts(args, p, tok)

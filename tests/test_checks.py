@@ -32,6 +32,8 @@ BAD = [
     ("tulu2", "majority", "P9Z", "tulu2.majority = 'P9Z': must be one of"),
     ("tulu_reward", "ratio", -10, "tulu_reward.ratio = -10: must be > 0.0"),
     ("tulu_align", "methods", ["ppo"], "tulu_align.methods = ['ppo']: has entry 'ppo' that must be one of"),
+    ("tulu_align", "optim", "adamw", "tulu_align.optim = 'adamw': must be one of"),
+    ("align", "optim", "sgd", "align.optim = 'sgd': must be one of"),
 ]
 
 

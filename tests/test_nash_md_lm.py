@@ -411,7 +411,7 @@ def test_opponent_and_ema_decay_go_together(kw, message):
 @pytest.mark.parametrize("field, value", [
     ("beta", 1.5), ("beta", -0.1), ("tau", 0), ("tau", float("inf")), ("learning_rate", 0.0), ("batch_size", 0),
     ("max_new_tokens", 2.0), ("temperature", -1.0), ("max_grad_norm", 0), ("ema_decay", 1.5), ("opponent", "ema2"),
-    ("missing_eos_penalty", "big"), ("seed", 0.5),
+    ("missing_eos_penalty", "big"), ("seed", 0.5), ("optim", "adam"),
 ])
 def test_bad_config_names_the_value(field, value):
     with pytest.raises(ValueError, match=rf"^{field} must be .*, got {re.escape(repr(value))}$"):
@@ -552,10 +552,13 @@ def count_forwards(model):
     return calls, model.register_forward_hook(lambda *_: calls.append(1))
 
 
-def test_one_update_is_the_plain_nash_md_pg_step(tok):
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])
+def test_one_update_is_the_plain_nash_md_pg_step(tok, optim):
     """ppo_epochs=1, one minibatch (the defaults): the same parameters after a step as one AdamW step on
-    nash_md_loss (the score-function estimator) with gradient clipping, and one policy forward, no more."""
-    cfg = NashMDConfig(batch_size=8, max_new_tokens=6, learning_rate=1e-2, tau=0.5, missing_eos_penalty=0.3)
+    nash_md_loss (the score-function estimator) with gradient clipping, and one policy forward, no more.
+    The fused AdamW kernel (optim="adamw_torch_fused") takes the same step to float rounding."""
+    cfg = NashMDConfig(batch_size=8, max_new_tokens=6, learning_rate=1e-2, tau=0.5, missing_eos_penalty=0.3,
+                       optim=optim)
     assert cfg.ppo_epochs == 1 and cfg.mini_batch_size is None
     nash = NashMD(tiny_gpt2(tok, 0), tok, cfg, ref_model=tiny_gpt2(tok, 1))  # μ ≠ θ: k ≠ 0, the τ term counts
     r = nash.rollout(*queries(tok, 8))
@@ -573,6 +576,7 @@ def test_one_update_is_the_plain_nash_md_pg_step(tok):
     forwards, hook = count_forwards(nash.model)
     st = nash.step(r, P)
     hook.remove()
+    assert bool(nash.optimizer.defaults["fused"]) == (optim == "adamw_torch_fused")
     assert len(forwards) == 1 and nash.n_updates == 1
     assert not all(torch.equal(a, b) for a, b in zip(before, nash.model.parameters()))
     for a, b in zip(nash.model.parameters(), twin.parameters()):

@@ -334,11 +334,36 @@ def test_full_model_reference_is_a_frozen_copy(tok):
     ("learning_rate", 0.0), ("cliprange", -0.1), ("cliprange_value", float("nan")), ("vf_coef", -1.0),
     ("gamma", 1.5), ("lam", -0.1), ("max_new_tokens", 0), ("temperature", 0.0), ("top_k", -1),
     ("max_grad_norm", 0), ("missing_eos_penalty", "big"), ("whiten_rewards", 1), ("seed", 1.5),
-    ("batch_size", 2.0),
+    ("batch_size", 2.0), ("optim", "sgd"), ("optim", "adamw_torch_foreach"),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field} must be .*, got {re.escape(repr(value))}$"):
         PPOConfig(**{field: value})
+
+
+def test_fused_adamw_is_the_same_update_in_one_kernel(tok):
+    """optim="adamw_torch_fused" (transformers' name; TrainingArguments' default since torch 2.8)
+    builds torch's fused AdamW and takes the foreach kernel's step to float rounding; the default
+    stays the foreach kernel (the recorded CPU runs)."""
+    runs = {}
+    for optim in ("adamw_torch", "adamw_torch_fused"):
+        model = tiny_gpt2(tok)
+        ppo = PPO(model, tok, PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=4, seed=3,
+                                        learning_rate=1e-2, optim=optim))
+        r = ppo.rollout(*queries(tok, 8))
+        ppo.step(r, torch.arange(8.0))
+        runs[optim] = (ppo, [p.detach().clone() for p in model.parameters()])
+    assert not runs["adamw_torch"][0].optimizer.defaults["fused"]
+    assert runs["adamw_torch_fused"][0].optimizer.defaults["fused"] is True
+    assert PPOConfig().optim == "adamw_torch"
+    assert all(run[0].optimizer.defaults["weight_decay"] == 0.0 for run in runs.values())
+    start = [p for p in tiny_gpt2(tok).parameters()]
+    moved = max(float((a - b).abs().max()) for a, b in zip(runs["adamw_torch"][1], start))
+    assert moved > 1e-3  # the step did something (lr 1e-2, 4 AdamW steps)
+    # to 1% of one step's size (lr): Adam's m/√v turns rounding in near-zero gradients into
+    # visible, bounded differences; a different update (e.g. no bias correction) is ~lr off
+    for a, b in zip(runs["adamw_torch"][1], runs["adamw_torch_fused"][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
 
 
 def test_bad_tokenizer_and_scores(tok):

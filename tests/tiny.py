@@ -32,7 +32,7 @@ TINY.update({
               "tune_seed": 100, "n_val_prompts": 8, "kl_coef": 0.05, "kl_target": None, "kl_horizon": 10000,
               "top_p": 1.0, "lr_schedule": "constant", "whiten_rewards": False, "vf_coef": 0.1, "cliprange": 0.2,
               "gamma": 1.0, "lam": 0.95, "n_standardise": 8, "eval_steps": [1, 2], "n_eval_prompts": 8, "eval_seed": 0,
-              "workers": 2},
+              "workers": 2, "optim": "adamw_torch_fused"},  # the paper profiles' kernel, run through the stages
     "evaluate": {"n_boot": 200, "seed": 0},
     "preference": {"seed": 0, "ratio": 3, "epochs": 1.0, "lr": 0.001, "batch_size": 8},
     "compare": {"betas": [0.0, 0.5], "bt_betas": [0.5], "tau": 0.05, "tune_beta": 0.5, "nash_seeds": [0, 1],
@@ -61,7 +61,7 @@ TINY.update({
     "tulu_align": {"seeds": [0, 1], "methods": ["single", "maxmin"], "steps": 1, "batch_size": 4, "mini_batch_size": 2,
                    "ppo_epochs": 1, "lr": 0.001, "kl_coef": 0.05, "kl_target": None, "kl_horizon": 10000,
                    "lr_schedule": "constant", "top_p": 1.0, "n_standardise": 4, "n_prompts": 0, "lora_r": 4,
-                   "lora_alpha": 8, "gradient_checkpointing": False, "n_boot": 100},
+                   "lora_alpha": 8, "gradient_checkpointing": False, "n_boot": 100, "optim": "adamw_torch_fused"},
 })
 # the Tulu2 stages in order; each also takes the shared `tulu2` section
 TULU_CHAIN = [("tulu_reward", "13_tulu2_reward.ipynb"), ("tulu_align", "14_tulu2_align.ipynb")]

@@ -209,6 +209,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "n_eval_prompts": integer(2, 1_000_000),
         "eval_seed": integer(0, SEED_MAX),
         "workers": integer(1, 256),
+        "optim": one_of("adamw_torch", "adamw_torch_fused"),
     },
     "evaluate": {
         "n_boot": integer(100, 1_000_000),
@@ -335,6 +336,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "lora_alpha": positive,
         "gradient_checkpointing": boolean,
         "n_boot": integer(100, 1_000_000),
+        "optim": one_of("adamw_torch", "adamw_torch_fused"),
     },
     "condorcet": {
         "seed": integer(0, SEED_MAX),

@@ -59,9 +59,9 @@ import torch
 from tqdm import tqdm
 
 from . import lm
-from .ppo import (PolicyModule, Rollout, _is_peft, accelerate_prepare, full_state_dict, fused_gelu, is_main_process,
-                  is_sharded, optimiser_step, prepare_frozen, response_logprobs_and_values, sample_responses, trainable,
-                  truncate_after_eos)
+from .ppo import (OPTIMIZERS, PolicyModule, Rollout, _is_peft, accelerate_prepare, full_state_dict, fused_gelu,
+                  is_main_process, is_sharded, make_optimizer, optimiser_step, prepare_frozen,
+                  response_logprobs_and_values, sample_responses, trainable, truncate_after_eos)
 
 __all__ = [
     "NashMDConfig",
@@ -97,7 +97,8 @@ class NashMDConfig:
     over each batch in minibatches of mini_batch_size sequences (None: the whole batch, one
     minibatch; else a divisor of batch_size), one AdamW step per minibatch, on the clipped
     surrogate with ratio clip ε = cliprange.  The defaults (1, None) take one step per batch: the
-    plain Nash-MD-PG update, where cliprange has no effect (ρ = 1)."""
+    plain Nash-MD-PG update, where cliprange has no effect (ρ = 1).  optim: the AdamW kernel
+    (:func:`pluralign.ppo.make_optimizer`)."""
 
     beta: float = 0.125
     tau: float = 0.01
@@ -112,6 +113,7 @@ class NashMDConfig:
     ppo_epochs: int = 1
     mini_batch_size: int | None = None
     cliprange: float = 0.2
+    optim: str = "adamw_torch"
     seed: int = 0
 
     def __post_init__(self):
@@ -144,6 +146,7 @@ class NashMDConfig:
             raise ValueError(f"opponent {self.opponent!r} needs ema_decay (θ̄ ← d θ̄ + (1−d) θ), got None")
         need(self.missing_eos_penalty is None or is_num(self.missing_eos_penalty), "missing_eos_penalty",
              "None or a finite number")
+        need(isinstance(self.optim, str) and self.optim in OPTIMIZERS, "optim", f"one of {OPTIMIZERS}")
         need(is_int(self.seed), "seed", "an integer")
 
 
@@ -491,7 +494,7 @@ class NashMD:
         # the start, when θ = μ) they would be the same responses and P(y ≻ y') would be ½ throughout
         self.generator = torch.Generator().manual_seed(cfg.seed + OPPONENT_STREAM)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
+        self.optimizer = make_optimizer(self.params, cfg.learning_rate, cfg.optim)
         self.accelerator = accelerator
         self.policy, self.optimizer = accelerate_prepare(accelerator, self.policy, self.optimizer)
         if is_sharded(accelerator):  # FSDP replaced the parameters with their shards
