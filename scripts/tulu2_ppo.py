@@ -245,11 +245,19 @@ def standardise(accelerator, rewards, draw, respond, gathered, p) -> None:
     rewards.mean, rewards.std = raw.mean(1), raw.std(1).clamp_min(1e-6)
 
 
+def portable(base: str) -> str:
+    """The base as the saved adapter records it: relative to the repository when it lies inside
+    (the same on every clone), else as given (a hub id, or a path elsewhere)."""
+    path = Path(base).resolve()
+    return str(path.relative_to(ROOT)) if path.exists() and path.is_relative_to(ROOT) else base
+
+
 def finish(accelerator, trainer, run, out: Path, info: dict) -> None:
     """Save the policy (every process takes part: FSDP gathers its shards), then, on the main
     process, history.json and run.json."""
     accelerator.wait_for_everyone()
-    trainer.save_pretrained(out / "policy")
+    with lora.recorded_base(trainer.model, portable(info["base"])):
+        trainer.save_pretrained(out / "policy")
     if accelerator.is_main_process:
         (out / "history.json").write_text(json.dumps(run.history, indent=1) + "\n")
         info = {**info, "processes": accelerator.num_processes, "device": str(accelerator.device),

@@ -98,6 +98,35 @@ def test_em_over_lora_adapters_on_one_base(base, tmp_path):
         mix.fit(pairs, torch.full((4, 2), 0.5))
 
 
+def test_saved_adapters_name_the_published_base_not_the_loading_path(base, tmp_path):
+    """A stage loads its base from a staging folder that is gone once it publishes: the saved
+    adapters' configs (and model card) name base_name instead, the same bytes on every save; the
+    model in memory keeps its own record, and the adapters load back on the base."""
+    import json
+
+    path, tok = base
+    mix = lora.LoraRewardMixture(path, tok, 2, seed=0)
+    before = {n: c.base_model_name_or_path for n, c in mix.model.peft_config.items()}
+    first = mix.save(tmp_path / "a", base_name="data/tulu2/base")
+    again = mix.save(tmp_path / "b", base_name="data/tulu2/base")
+    for f, g in zip(first, again):
+        config = json.loads((Path(f) / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "data/tulu2/base"
+        assert (Path(f) / "adapter_config.json").read_bytes() == (Path(g) / "adapter_config.json").read_bytes()
+    assert all(path not in p.read_text() for p in (tmp_path / "a").rglob("*") if p.suffix in (".json", ".md"))
+    assert {n: c.base_model_name_or_path for n, c in mix.model.peft_config.items()} == before
+    assert mix.model.get_base_model().config._name_or_path == path
+    plain = mix.save(tmp_path / "c")  # no base_name: peft's own record, the loading path
+    assert json.loads((Path(plain[0]) / "adapter_config.json").read_text())["base_model_name_or_path"] == path
+    assert len(lora.load_reward_adapters(path, tok, first)) == 2
+
+
+def test_tulu2_script_records_a_base_inside_the_repository_relative_to_it():
+    module = _script()
+    assert module.portable(str(ROOT / "params.yaml")) == "params.yaml"
+    assert module.portable("allenai/tulu-2-7b") == "allenai/tulu-2-7b"  # a hub id stays as given
+
+
 def test_lora_policy_takes_two_ppo_steps_against_the_adapter_free_base(base):
     from transformers import AutoModelForCausalLM
 
@@ -238,6 +267,7 @@ tulu_align:
   lora_alpha: 8
   gradient_checkpointing: true
   n_boot: 200
+  optim: adamw_torch_fused
 """
 
 
@@ -266,7 +296,8 @@ def test_tulu2_ppo_script_runs_two_steps(base, tmp_path):
     # the paper profile's settings reach the trainer: the cosine schedule decays, the controller moves beta
     assert history[0]["learning_rate"] == pytest.approx(0.001) and history[1]["learning_rate"] == pytest.approx(0.0005)
     assert history[1]["kl_coef"] != history[0]["kl_coef"]
-    assert (tmp_path / "out" / "policy" / "adapter_config.json").exists()
+    policy_config = json.loads((tmp_path / "out" / "policy" / "adapter_config.json").read_text())
+    assert policy_config["base_model_name_or_path"] == path  # outside the repository: as given
     assert (tmp_path / "out" / "policy" / "value_head.safetensors").exists()
     assert not list((tmp_path / "out").rglob("*.pt"))  # no pickles
     run = json.loads((tmp_path / "out" / "run.json").read_text())

@@ -32,6 +32,8 @@ in memory (:func:`share_backbone`) whenever both use the same full-precision bas
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -313,9 +315,10 @@ class LoraRewardMixture:
                 for p, t in tensors.items():
                     params[p].copy_(t)
 
-    def save(self, out_dir) -> list[str]:
-        """Write each adapter (``save_pretrained``, with its head) to ``out_dir/rm{k}``."""
-        return save_reward_adapters(self.model, out_dir, self.names)
+    def save(self, out_dir, base_name=None) -> list[str]:
+        """Write each adapter (``save_pretrained``, with its head) to ``out_dir/rm{k}``, naming
+        ``base_name`` as its base when given (:func:`recorded_base`)."""
+        return save_reward_adapters(self.model, out_dir, self.names, base_name=base_name)
 
 
 def refuse_too_long(tokenizer, data: PreferencePairs, max_length: int) -> None:
@@ -366,16 +369,47 @@ def pooled_features(view, tokenizer, prompts: list[str], responses: list[str], b
     return out
 
 
-def save_reward_adapters(model, out_dir, names=None) -> list[str]:
-    """Save the named adapters of a peft reward model to ``out_dir/<name>``; returns the folders."""
+@contextmanager
+def recorded_base(model, base_name):
+    """While a peft ``model`` is saved, every adapter_config.json (and model card) names
+    ``base_name`` as its base (``base_model_name_or_path``) instead of the path the base was loaded
+    from — a stage's staging folder, which is gone once the stage publishes, or this checkout's
+    absolute path — so a saved adapter names where its base is published and its files are the same
+    bytes on every run and clone.  ``base_name=None`` keeps peft's record."""
+    configs = getattr(model, "peft_config", None)
+    if base_name is None or not configs:
+        yield model
+        return
+    before = {name: config.base_model_name_or_path for name, config in configs.items()}
+    inner = model.get_base_model()  # peft's model card reads the base model's own name
+    card = (inner.config._name_or_path, inner.__dict__.get("name_or_path"))
+    try:
+        for config in configs.values():
+            config.base_model_name_or_path = str(base_name)
+        inner.config._name_or_path = inner.name_or_path = str(base_name)
+        yield model
+    finally:
+        for name, value in before.items():
+            configs[name].base_model_name_or_path = value
+        inner.config._name_or_path = card[0]
+        if card[1] is None:
+            inner.__dict__.pop("name_or_path", None)
+        else:
+            inner.name_or_path = card[1]
+
+
+def save_reward_adapters(model, out_dir, names=None, base_name=None) -> list[str]:
+    """Save the named adapters of a peft reward model to ``out_dir/<name>``; returns the folders.
+    ``base_name``: the base recorded in each adapter's config (:func:`recorded_base`)."""
     from pathlib import Path
 
     out = Path(out_dir)
     names = list(model.peft_config) if names is None else names
     folders = []
-    for name in names:
-        model.save_pretrained(out, selected_adapters=[name])  # peft writes non-default adapters to out/name
-        folders.append(str(out / name) if name != "default" else str(out))
+    with recorded_base(model, base_name):
+        for name in names:
+            model.save_pretrained(out, selected_adapters=[name])  # peft writes non-default adapters to out/name
+            folders.append(str(out / name) if name != "default" else str(out))
     return folders
 
 
