@@ -118,6 +118,10 @@ def test_saved_adapters_name_the_published_base_not_the_loading_path(base, tmp_p
     assert mix.model.get_base_model().config._name_or_path == path
     plain = mix.save(tmp_path / "c")  # no base_name: peft's own record, the loading path
     assert json.loads((Path(plain[0]) / "adapter_config.json").read_text())["base_model_name_or_path"] == path
+    # LoRA's target_modules (a set, iterated in hash-seed order) written sorted: the same bytes in every process
+    modules = json.loads((Path(first[0]) / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) >= 2
+    assert all(isinstance(c.target_modules, set) for c in mix.model.peft_config.values())  # restored
     assert len(lora.load_reward_adapters(path, tok, first)) == 2
 
 

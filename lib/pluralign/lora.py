@@ -370,27 +370,34 @@ def pooled_features(view, tokenizer, prompts: list[str], responses: list[str], b
 
 
 @contextmanager
-def recorded_base(model, base_name):
-    """While a peft ``model`` is saved, every adapter_config.json (and model card) names
-    ``base_name`` as its base (``base_model_name_or_path``) instead of the path the base was loaded
-    from — a stage's staging folder, which is gone once the stage publishes, or this checkout's
-    absolute path — so a saved adapter names where its base is published and its files are the same
-    bytes on every run and clone.  ``base_name=None`` keeps peft's record."""
+def recorded_base(model, base_name=None):
+    """While a peft ``model`` is saved, its adapter files are the same bytes on every run and clone:
+    (1) with ``base_name``, every adapter_config.json and peft's model card name it as the base
+    (``base_model_name_or_path``) instead of the path the base was loaded from — a stage's staging
+    folder, which is gone once the stage publishes, or this checkout's absolute path; (2) set-valued
+    fields (LoRA's ``target_modules``) are written sorted — peft writes a set in its iteration
+    order, which for strings changes with every process's hash seed."""
     configs = getattr(model, "peft_config", None)
-    if base_name is None or not configs:
+    if not configs:
         yield model
         return
-    before = {name: config.base_model_name_or_path for name, config in configs.items()}
+    before = {name: dict(vars(config)) for name, config in configs.items()}
     inner = model.get_base_model()  # peft's model card reads the base model's own name
     card = (inner.config._name_or_path, inner.__dict__.get("name_or_path"))
     try:
         for config in configs.values():
-            config.base_model_name_or_path = str(base_name)
-        inner.config._name_or_path = inner.name_or_path = str(base_name)
+            for key, value in vars(config).items():
+                if isinstance(value, set):
+                    setattr(config, key, sorted(value))
+            if base_name is not None:
+                config.base_model_name_or_path = str(base_name)
+        if base_name is not None:
+            inner.config._name_or_path = inner.name_or_path = str(base_name)
         yield model
     finally:
-        for name, value in before.items():
-            configs[name].base_model_name_or_path = value
+        for name, fields in before.items():
+            for key, value in fields.items():
+                setattr(configs[name], key, value)
         inner.config._name_or_path = card[0]
         if card[1] is None:
             inner.__dict__.pop("name_or_path", None)
