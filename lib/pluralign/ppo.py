@@ -451,8 +451,9 @@ def make_optimizer(params, learning_rate: float, optim: str = "adamw_torch"):
     ``TrainingArguments.optim``: "adamw_torch" is torch's default multi-tensor (foreach) kernel,
     "adamw_torch_fused" its fused kernel — TrainingArguments' default since torch 2.8, so what TRL's
     trainers run.  The fused kernel reads and writes each parameter, gradient and moment once per
-    step, where the foreach one takes several passes and temporaries: at GPT-2 size on CPU the
-    optimiser step costs about as much as the minibatch's forward and backward.  The two agree to
+    step, where the foreach one takes several passes and temporaries: at GPT-2 size on 2 CPU cores
+    383 ms against 100 ms per step, beside ~0.9 s for a 2-sequence minibatch's forward and backward
+    (benchmarks/profile_gpt2_update.py).  The two agree to
     float rounding, not bit for bit; "adamw_torch" stays the default so the recorded CPU runs keep
     their numbers."""
     if optim not in OPTIMIZERS:
