@@ -94,6 +94,31 @@ def test_cache_matches_recompute(tok, arch, beta):
     torch.testing.assert_close(logp2, logp, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_finished_rows_leave_the_batch_with_the_same_draws(tok, beta):
+    """Without return_logprobs the cached sampler drops finished rows from its forward batch (and
+    caches); the draws stay the cache-less sampler's, row for row, and so do the drawn tokens'
+    log-probs."""
+    policy, ref = tiny_gpt2(tok, seed=0), tiny_gpt2(tok, seed=1)
+    q = queries(tok, 24)
+    kw = dict(temperature=0.8, generator=torch.Generator().manual_seed(7))
+    rows = []  # the policy's forward batch at every step
+    hook = policy.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+    ids, mask, drawn = mixture_sample(policy, ref, *q, beta, 30, tok.eos_token_id, tok.pad_token_id,
+                                      return_token_logprobs=True, **kw)
+    hook.remove()
+    # step t feeds the rows still unfinished after t tokens
+    assert rows == [24] + [int((mask.sum(1) > t).sum()) for t in range(1, len(rows))]
+    kw["generator"] = torch.Generator().manual_seed(7)
+    ids0, mask0, logp0 = mixture_sample_nocache(policy, ref, *q, beta, 30, tok.eos_token_id, tok.pad_token_id,
+                                                return_logprobs=True, **kw)
+    lengths = mask.sum(1)
+    assert int(lengths.min()) < int(lengths.max())  # rows ended apart
+    assert torch.equal(ids, ids0) and torch.equal(mask, mask0)
+    expect = logp0.gather(-1, ids0[..., None]).squeeze(-1).masked_fill(~mask0, 0.0)
+    torch.testing.assert_close(drawn, expect, atol=1e-5, rtol=1e-5)
+
+
 def test_rows_stop_at_eos_and_sampling_stops_when_all_have(tok):
     policy, ref = tiny_gpt2(tok, 0), tiny_gpt2(tok, 1)
     ids, mask, _ = sample(mixture_sample, policy, ref, tok, queries(tok, 24), 0.5, T=30)

@@ -37,7 +37,8 @@ second adapter ("ema") on the same frozen base, active only while y' is drawn.
 
 TRL 1.13's ``NashMDTrainer`` sampled y' by re-running both models on the whole sequence for
 every new token (O(T²)); :func:`mixture_sample` keeps one KV cache per model view instead, and
-:func:`mixture_sample_nocache` is that O(T²) computation, kept as the test oracle.
+:func:`mixture_sample_nocache` is that O(T²) computation, kept as the test oracle (both in
+:mod:`pluralign.sampling`, shared with PPO's rollouts and the base policy's samples).
 
 Shapes: B sequences, Q query positions (left-padded), T response positions (right-padded),
 V vocabulary.  Dropout is off throughout (models stay in eval mode).
@@ -51,7 +52,7 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +60,13 @@ import torch
 from tqdm import tqdm
 
 from . import lm
-from .ppo import (OPTIMIZERS, PolicyModule, Rollout, _is_peft, accelerate_prepare, full_state_dict, fused_gelu,
+from .ppo import (OPTIMIZERS, PolicyModule, Rollout, accelerate_prepare, full_state_dict, fused_gelu,
                   is_main_process, is_sharded, make_optimizer, optimiser_step, prepare_frozen,
-                  response_logprobs_and_values, sample_responses, trainable, truncate_after_eos)
+                  response_logprobs_and_values, sample_responses, trainable)
+# the opponent's sampler (the geometric mixture, token by token) lives in pluralign.sampling, which
+# every sampler of the compendium shares; re-exported here, where the algorithm box uses it
+from .sampling import (_check_left_padded, _is_peft, _views, mixture_logprobs, mixture_sample,  # noqa: F401
+                       mixture_sample_nocache, truncate_after_eos)
 
 __all__ = [
     "NashMDConfig",
@@ -148,143 +153,6 @@ class NashMDConfig:
              "None or a finite number")
         need(isinstance(self.optim, str) and self.optim in OPTIMIZERS, "optim", f"one of {OPTIMIZERS}")
         need(is_int(self.seed), "seed", "an integer")
-
-
-# -- the opponent: geometric mixture, sampled token by token ----------------------------------
-def mixture_logprobs(policy_logits, ref_logits, beta: float, temperature: float = 1.0) -> torch.Tensor:
-    """log π'(·) = (1−β) log softmax(ℓ_θ / T) + β log softmax(ℓ_μ / T) − log Z, over the last dim.
-
-    Temperature T divides each model's logits before mixing (equivalently the mixed logits, as
-    mixing is linear).  β = 0 / β = 1 return the policy's / reference's log-probs and ignore the
-    other argument (which may be None)."""
-    def logp(logits):  # half-precision logits are normalised in float32
-        return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
-
-    if beta == 0:
-        return logp(policy_logits)
-    if beta == 1:
-        return logp(ref_logits)
-    return torch.log_softmax((1 - beta) * logp(policy_logits) + beta * logp(ref_logits), dim=-1)
-
-
-def _draw(logprobs: torch.Tensor, generator) -> torch.Tensor:
-    """One token per row of (B, V) log-probs by inverse CDF: exactly one uniform per row, so the
-    cached and cache-less samplers consume the generator identically."""
-    device = generator.device if generator is not None else logprobs.device
-    u = torch.rand(logprobs.shape[0], 1, generator=generator, device=device).to(logprobs.device)
-    cdf = torch.cumsum(logprobs.exp(), dim=-1)
-    return (cdf < u * cdf[:, -1:]).sum(-1).clamp_max(logprobs.shape[-1] - 1)
-
-
-def _views(policy, ref, beta: float):
-    """The two "model views" (model, adapter_off) for π_θ and μ; None where β makes it unused.
-    ref=None means μ is the policy's adapter-disabled self (peft only)."""
-    if ref is None and not _is_peft(policy):
-        raise ValueError("ref is None but the policy is not a peft PeftModel: pass the reference model")
-    pi = (policy, False) if beta < 1 else None
-    mu = ((policy, True) if ref is None else (ref, False)) if beta > 0 else None
-    return pi, mu
-
-
-def _forward(view, **inputs):
-    model, adapter_off = view
-    with model.disable_adapter() if adapter_off else nullcontext():
-        return model(**inputs)
-
-
-def _check_left_padded(query_mask):
-    if not bool(query_mask[:, -1].all()):
-        raise ValueError("queries must be left-padded (tokenizer.padding_side = 'left')")
-
-
-def _finish(tokens: list, eos_token_id, pad_token_id, step_logprobs, return_logprobs, drawn_logprobs=None):
-    response, mask = truncate_after_eos(torch.stack(tokens, 1), eos_token_id, pad_token_id)
-    out = (response, mask)
-    if return_logprobs:
-        out += (torch.stack(step_logprobs, 1),)
-    if drawn_logprobs is not None:
-        out += (torch.stack(drawn_logprobs, 1).masked_fill(~mask, 0.0),)
-    return out
-
-
-@torch.no_grad()
-def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_tokens: int, eos_token_id: int,
-                   pad_token_id: int, temperature: float = 1.0, generator=None, return_logprobs: bool = False,
-                   return_token_logprobs: bool = False):
-    """y' ~ π' for left-padded queries (B, Q), one KV cache per model view.
-
-    π' is :func:`mixture_logprobs` of the policy and ref (temperature applied to each model's
-    logits before mixing).  ref=None with a peft policy: μ is the adapter-disabled policy, kept in
-    its own cache.  After the prompt, each model sees one new token per forward; positions count
-    attended tokens only (left padding), as ``generate`` does.  Rows that have emitted EOS are fed
-    padding; sampling stops when every row has.  β ∈ {0, 1} runs one model only.
-
-    Returns response ids (B, T) (pad after the first EOS), mask (B, T) bool (tokens up to and
-    including the first EOS), with return_logprobs the mixture log-probs (B, T, V) at every step,
-    and with return_token_logprobs the drawn tokens' log π'(y_t) (B, T), 0 outside the mask (at
-    β = 0 these are log π_θ,T(y_t): what the KL frontier needs without a second forward).
-    T ≤ max_new_tokens."""
-    _check_left_padded(query_mask)
-    views = _views(policy, ref, beta)
-    mask = query_mask.long()
-    position = (mask.cumsum(-1) - 1).clamp_min(0)
-    inputs = dict(input_ids=query_ids, attention_mask=mask, position_ids=position)
-    caches = [None, None]
-    tokens, step_logprobs = [], []
-    drawn = [] if return_token_logprobs else None
-    done = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
-    for _ in range(max_new_tokens):
-        logits = [None, None]
-        for i, view in enumerate(views):
-            if view is not None:
-                # transformers 5.x names the KV cache `cache` (past_key_values is deprecated)
-                out = _forward(view, **inputs, cache=caches[i], use_cache=True, logits_to_keep=1)
-                logits[i], caches[i] = out.logits[:, -1], out.cache
-        logp = mixture_logprobs(logits[0], logits[1], beta, temperature)
-        nxt = torch.where(done, pad_token_id, _draw(logp, generator))
-        tokens.append(nxt)
-        if return_logprobs:
-            step_logprobs.append(logp)
-        if drawn is not None:
-            drawn.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
-        done = done | (nxt == eos_token_id)
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
-        inputs = dict(input_ids=nxt[:, None], attention_mask=mask, position_ids=inputs["position_ids"][:, -1:] + 1)
-    return _finish(tokens, eos_token_id, pad_token_id, step_logprobs, return_logprobs, drawn)
-
-
-@torch.no_grad()
-def mixture_sample_nocache(policy, ref, query_ids, query_mask, beta: float, max_new_tokens: int, eos_token_id: int,
-                           pad_token_id: int, temperature: float = 1.0, generator=None, return_logprobs: bool = False):
-    """:func:`mixture_sample` without a KV cache: both models re-read query + y'_<t for every new
-    token (what TRL 1.13's GeometricMixtureWrapper did).  Same arguments, same random numbers,
-    same outputs up to float rounding; the test oracle and the benchmark's baseline."""
-    _check_left_padded(query_mask)
-    views = _views(policy, ref, beta)
-    ids, mask = query_ids, query_mask.long()
-    tokens, step_logprobs = [], []
-    done = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
-    for _ in range(max_new_tokens):
-        position = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = [None, None]
-        for i, view in enumerate(views):
-            if view is not None:
-                out = _forward(view, input_ids=ids, attention_mask=mask, position_ids=position, use_cache=False,
-                               logits_to_keep=1)
-                logits[i] = out.logits[:, -1]
-        logp = mixture_logprobs(logits[0], logits[1], beta, temperature)
-        nxt = torch.where(done, pad_token_id, _draw(logp, generator))
-        tokens.append(nxt)
-        if return_logprobs:
-            step_logprobs.append(logp)
-        done = done | (nxt == eos_token_id)
-        if bool(done.all()):
-            break
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
-    return _finish(tokens, eos_token_id, pad_token_id, step_logprobs, return_logprobs)
 
 
 # -- θ̄ for a peft model: a second adapter on the same base ------------------------------------

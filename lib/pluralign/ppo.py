@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from .lm import fused_gelu  # re-exported: the policies' and reward models' fused GELU lives in lm
+from .sampling import _is_peft, mixture_sample, truncate_after_eos  # noqa: F401  (truncate_after_eos re-exported)
 
 __all__ = [
     "PPOConfig",
@@ -302,7 +303,7 @@ def sample_responses(model, query_ids: torch.Tensor, query_mask: torch.Tensor, g
     response with a forward pass).
 
     ``model.generate`` with ``generation_kwargs``, except for plain sampling (top_k 0, top_p 1) on
-    CPU: there :func:`pluralign.nash_md_lm.mixture_sample` at β = 0 draws from the same
+    CPU: there :func:`pluralign.sampling.mixture_sample` at β = 0 draws from the same
     softmax(logits / temperature) with its own KV cache and one uniform per row (inverse CDF).  Why
     bypass ``generate``: on CPU its ``torch.multinomial`` over a 4,096-token vocabulary costs ~11 ms
     per token at batch 64 (measured in the cpu profile's PPO runs: a fifth of a run), more than the
@@ -310,21 +311,11 @@ def sample_responses(model, query_ids: torch.Tensor, query_mask: torch.Tensor, g
     kw = generation_kwargs
     eos, pad = kw["eos_token_id"], kw["pad_token_id"]
     if kw.get("top_k", 0) == 0 and kw.get("top_p", 1.0) == 1.0 and query_ids.device.type == "cpu":
-        from .nash_md_lm import mixture_sample
-
         return mixture_sample(model, model, query_ids, query_mask, 0.0, kw["max_new_tokens"], eos, pad,
                               kw["temperature"], return_token_logprobs=return_token_logprobs)
     out = model.generate(input_ids=query_ids, attention_mask=query_mask, **kw)
     response = truncate_after_eos(out[:, query_ids.shape[1]:], eos, pad)
     return response + (None,) if return_token_logprobs else response
-
-
-def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int):
-    """Response ids (B, T) → (ids with pad after the first EOS, mask (B, T) bool: tokens up to and
-    including the first EOS).  Works when pad == eos."""
-    is_eos = response_ids == eos_token_id
-    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
-    return response_ids.masked_fill(after, pad_token_id), ~after
 
 
 @dataclass
@@ -521,14 +512,6 @@ class GlobalBatch:
         if self.world == 1:
             return mask.sum().clamp_min(1)
         return self.sum(mask.sum()).clamp_min(1) / self.world
-
-
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
 
 
 class PPO:
