@@ -3,7 +3,7 @@ reward`): one checkpoint evaluation (the base policy answering the 500 test prom
 KL), then one final PPO run (method and ratio as given) under cProfile on one thread, as
 lmruns.run_all's workers run it.  Prints seconds per phase; no targets (a profiling aid).
 
-    python benchmarks/profile_align_run.py [--method maxmin] [--ratio 10] [--steps 40]
+    python benchmarks/profile_align_run.py [--method maxmin] [--ratio 10] [--steps 40] [--keep-finished]
 """
 from __future__ import annotations
 
@@ -29,7 +29,16 @@ def main() -> None:
     ap.add_argument("--ratio", type=int, default=10)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--keep-finished", action="store_true",
+                    help="the sampler keeps finished rows in the batch (its behaviour before drop_finished)")
     a = ap.parse_args()
+    if a.keep_finished:
+        import functools
+
+        from pluralign import nash_md_lm, ppo, sampling
+
+        keep = functools.partial(sampling.mixture_sample, drop_finished=False)
+        ppo.mixture_sample = nash_md_lm.mixture_sample = keep
     torch.set_num_threads(1)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     g, al = params["gpt2"], params["align"]

@@ -109,6 +109,12 @@ def test_finished_rows_leave_the_batch_with_the_same_draws(tok, beta):
     hook.remove()
     # step t feeds the rows still unfinished after t tokens
     assert rows == [24] + [int((mask.sum(1) > t).sum()) for t in range(1, len(rows))]
+    rows.clear()  # drop_finished=False: every row to the longest one's end, the same answers
+    hook = policy.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+    kept = mixture_sample(policy, ref, *q, beta, 30, tok.eos_token_id, tok.pad_token_id, temperature=0.8,
+                          generator=torch.Generator().manual_seed(7), drop_finished=False)
+    hook.remove()
+    assert set(rows) == {24} and torch.equal(kept[0], ids)
     kw["generator"] = torch.Generator().manual_seed(7)
     ids0, mask0, logp0 = mixture_sample_nocache(policy, ref, *q, beta, 30, tok.eos_token_id, tok.pad_token_id,
                                                 return_logprobs=True, **kw)

@@ -101,14 +101,14 @@ def _finish(tokens: list, eos_token_id, pad_token_id, step_logprobs, return_logp
 @torch.no_grad()
 def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_tokens: int, eos_token_id: int,
                    pad_token_id: int, temperature: float = 1.0, generator=None, return_logprobs: bool = False,
-                   return_token_logprobs: bool = False):
+                   return_token_logprobs: bool = False, drop_finished: bool = True):
     """y' ~ π' for left-padded queries (B, Q), one KV cache per model view.
 
     π' is :func:`mixture_logprobs` of the policy and ref (temperature applied to each model's
     logits before mixing).  ref=None with a peft policy: μ is the adapter-disabled policy, kept in
     its own cache.  After the prompt, each model sees one new token per forward; positions count
-    attended tokens only (left padding), as ``generate`` does.  Rows that have emitted EOS are fed
-    padding; sampling stops when every row has.  β ∈ {0, 1} runs one model only.
+    attended tokens only (left padding), as ``generate`` does.  Rows that have emitted EOS get
+    padding from then on; sampling stops when every row has.  β ∈ {0, 1} runs one model only.
 
     Returns response ids (B, T) (pad after the first EOS), mask (B, T) bool (tokens up to and
     including the first EOS), with return_logprobs the mixture log-probs (B, T, V) at every step,
@@ -116,14 +116,16 @@ def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_toke
     β = 0 these are log π_θ,T(y_t): what the KL frontier needs without a second forward).
     T ≤ max_new_tokens.
 
-    Finished rows leave the batch (without return_logprobs): once a row has emitted EOS its
-    padding is not fed again, and the KV caches, mask and positions keep the unfinished rows only
-    (``DynamicCache.batch_select_indices``).  Answers end at different lengths — the cpu profile's
-    base policy answers in 16 ± 14 tokens under a 48-token cap — so a batch that ran to the
-    longest row's length computed mostly padding.  The generator still gives one uniform per row
-    of the whole batch at every step, so the draws are the cache-less sampler's (to float
-    rounding: a smaller batch may round its matmuls differently).  With return_logprobs every
-    row stays (the (B, T, V) log-probs are defined at every step)."""
+    Finished rows leave the batch (``drop_finished``, unless return_logprobs): once a row has
+    emitted EOS its padding is not fed again, and the KV caches, mask and positions keep the
+    unfinished rows only (``DynamicCache.batch_select_indices``).  Answers end at different
+    lengths — the cpu profile's base policy answers in 16 ± 14 tokens under a 48-token cap — so a
+    batch run to the longest row's end computed mostly padding (``benchmarks/bench_sampler.py``:
+    0.64× the time at β = 0, 0.54× for Nash-MD's two-model opponent, the same tokens).  The
+    generator still gives one uniform per row of the whole batch at every step, so the draws are
+    the cache-less sampler's (to float rounding: a smaller batch may round its matmuls
+    differently; on 2,000 real prompts the answers and log-probs came out bit-identical).  With
+    return_logprobs every row stays (the (B, T, V) log-probs are defined at every step)."""
     _check_left_padded(query_mask)
     views = _views(policy, ref, beta)
     mask = query_mask.long()
@@ -133,7 +135,7 @@ def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_toke
     B = len(query_ids)
     tokens, step_logprobs = [], []
     drawn = [] if return_token_logprobs else None
-    compact = not return_logprobs
+    compact = drop_finished and not return_logprobs
     alive = torch.arange(B, device=query_ids.device)  # rows (of the whole batch) still in the forward batch
     done = torch.zeros(B, dtype=torch.bool, device=query_ids.device)
     for _ in range(max_new_tokens):
