@@ -38,7 +38,7 @@ second adapter ("ema") on the same frozen base, active only while y' is drawn.
 TRL 1.13's ``NashMDTrainer`` sampled y' by re-running both models on the whole sequence for
 every new token (O(T²)); :func:`mixture_sample` keeps one KV cache per model view instead, and
 :func:`mixture_sample_nocache` is that O(T²) computation, kept as the test oracle (both in
-:mod:`pluralign.sampling`, shared with PPO's rollouts and the base policy's samples).
+:mod:`pluralign.sampling`, shared with PPO's rollouts and the KL frontier's checkpoints).
 
 Shapes: B sequences, Q query positions (left-padded), T response positions (right-padded),
 V vocabulary.  Dropout is off throughout (models stay in eval mode).
@@ -63,10 +63,9 @@ from . import lm
 from .ppo import (OPTIMIZERS, PolicyModule, Rollout, accelerate_prepare, full_state_dict, fused_gelu,
                   is_main_process, is_sharded, make_optimizer, optimiser_step, prepare_frozen,
                   response_logprobs_and_values, sample_responses, trainable)
-# the opponent's sampler (the geometric mixture, token by token) lives in pluralign.sampling, which
-# every sampler of the compendium shares; re-exported here, where the algorithm box uses it
-from .sampling import (_check_left_padded, _is_peft, _views, mixture_logprobs, mixture_sample,  # noqa: F401
-                       mixture_sample_nocache, truncate_after_eos)
+# the opponent's sampler (the geometric mixture, token by token) lives in pluralign.sampling, shared
+# with PPO's rollouts and the KL frontier; re-exported here, where the algorithm box uses it
+from .sampling import _check_left_padded, _is_peft, mixture_logprobs, mixture_sample, mixture_sample_nocache
 
 __all__ = [
     "NashMDConfig",
