@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from .lm import fused_gelu  # re-exported: the policies' and reward models' fused GELU lives in lm
-from .sampling import _is_peft, mixture_sample, truncate_after_eos  # noqa: F401  (truncate_after_eos re-exported)
+from .sampling import _is_peft, mixture_sample, truncate_after_eos  # the sampler the trainers and the frontier share
 
 __all__ = [
     "PPOConfig",
