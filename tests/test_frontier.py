@@ -85,6 +85,9 @@ def test_nucleus_sampling_goes_through_generate_as_lm_sample_does(setup):
     plain, _ = frontier.sample_with_kl(policy, ref, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
     again, _ = frontier.sample_with_kl(policy, ref, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
     assert plain == again and len(plain) == len(prompts)
+    # plain sampling on CPU: lm.sample draws through the same sampler, so the base policy's answers and a
+    # checkpoint's are the same draws from the same seed
+    assert plain == lm.sample(policy, tok, prompts, 5, temperature=0.7, seed=3, batch_size=8)
 
 
 def test_checkpoints_record_the_steps_asked_and_the_last(setup):

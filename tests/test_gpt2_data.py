@@ -76,6 +76,14 @@ def test_sampling_is_seeded_and_stops_at_eos(tok, policy):
     a = lm.sample(policy, tok, prompts, 10, seed=3)
     assert a == lm.sample(policy, tok, prompts, 10, seed=3)
     assert all("<eos>" not in t and "<pad>" not in t for t in a)
+    # the CPU path (pluralign.sampling) and generate's (top-p, or a GPU) sample one distribution: at a
+    # sharp temperature both give the greedy answer to every prompt
+    ids, mask = lm.encode_prompts(tok, prompts[:2])
+    greedy = policy.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[:, ids.shape[1]:]
+    expect = [t.strip() for t in tok.batch_decode(greedy, skip_special_tokens=True)]
+    assert lm.sample(policy, tok, prompts[:2], 10, temperature=1e-4, seed=0) == expect
+    assert lm.sample(policy, tok, prompts[:2], 10, temperature=1e-4, top_p=0.999, seed=1) == expect
 
 
 def test_conciseness_counts_tokens(tok):

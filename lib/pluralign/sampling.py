@@ -1,10 +1,8 @@
 """Sampling from causal LMs token by token with a KV cache, shared by the trainers and the KL
 frontier: PPO's and Nash-MD-PG's rollouts (:func:`pluralign.ppo.sample_responses`), the frontier's
 checkpoints and Nash-MD's opponent, the geometric mixture of the policy and the reference
-(:func:`mixture_sample`).  :func:`pluralign.lm.sample` (the base policy's answers, the label
-stage's pairs) still uses ``generate``: moving it here would change its random stream, and with
-it the recorded preference data and every number after it (it would sample 3.2x faster; left for
-the next full re-run).
+(:func:`mixture_sample`), and :func:`pluralign.lm.sample` on CPU (the base policy's answers, the
+label stage's pairs).
 
 Why not ``model.generate``: on CPU its ``torch.multinomial`` over a 4,096-token vocabulary costs
 ~11 ms per token at batch 64, more than the cpu profile's model forward; the inverse-CDF draw here
