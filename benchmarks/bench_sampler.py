@@ -5,7 +5,10 @@ frontier's checkpoints sample: seconds for each and their ratio, measured in one
 the two drew the same tokens (one uniform per row and step from the same generator either way; a
 smaller batch may round its matmuls differently, which could flip a token only when a uniform
 falls within rounding of a CDF boundary).  β = 0 (PPO's rollouts, the checkpoints) and β = 0.125
-(Nash-MD's opponent, the base policy mixed with a perturbed copy of itself).
+(Nash-MD's opponent, the base policy mixed with a perturbed copy of itself).  And ``lm.sample`` (the
+base policy's answers, the label stage's pairs) on this sampler against ``model.generate``, which it
+used before: other draws from the same distribution, so the check there is the answers' mean length
+and stop rate, not token equality.
 
     python benchmarks/bench_sampler.py [--prompts 2000] [--threads 1]   → results/benchmarks/sampler.json
 """
@@ -79,10 +82,36 @@ def main() -> None:
                                 "mean_answer_tokens": float((ids_comp >= 0).sum(1).float().mean())}
         print(f"β = {beta}: full batch {t_full:.2f} s, finished rows leave {t_comp:.2f} s → {t_comp / t_full:.2f}×; "
               f"identical answers {same.float().mean():.4f}, max |Δ log p| {rows[f'beta={beta}']['max_abs_logprob_diff']:.1e}")
+    # lm.sample: the shared sampler (CPU, top-p 1) vs generate's multinomial (its path before; still
+    # the path for top-p and on GPUs), batch 256, the label stage's settings
+    t = time.perf_counter()
+    texts, info = lm.sample(policy, tok, prompts, g["max_new_tokens"], temperature=g["temperature"], seed=0, return_info=True)
+    t_own = time.perf_counter() - t
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    lengths, stopped = [], []
+    for i in range(0, len(prompts), 256):
+        q, m = lm.encode_prompts(tok, prompts[i:i + 256])
+        new = policy.generate(input_ids=q, attention_mask=m, do_sample=True, temperature=g["temperature"], top_p=1.0,
+                              top_k=0, max_new_tokens=g["max_new_tokens"], pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)[:, q.shape[1]:]
+        is_eos = new == tok.eos_token_id
+        stopped.append(is_eos.any(1))
+        lengths.append(torch.where(stopped[-1], is_eos.int().argmax(1), new.shape[1]))
+    t_gen = time.perf_counter() - t
+    lengths, stopped = torch.cat(lengths).float(), torch.cat(stopped).float()
+    rows["lm.sample"] = {"generate_s": round(t_gen, 3), "shared_sampler_s": round(t_own, 3), "ratio": round(t_own / t_gen, 3),
+                         "mean_tokens": {"generate": round(float(lengths.mean()), 2),
+                                         "shared_sampler": round(float(info["new_tokens"].float().mean()), 2)},
+                         "stopped_fraction": {"generate": round(float(stopped.mean()), 4),
+                                              "shared_sampler": round(float(info["stopped"].float().mean()), 4)}}
+    print(f"lm.sample: generate {t_gen:.2f} s, shared sampler {t_own:.2f} s → {t_own / t_gen:.2f}×; mean tokens "
+          f"{lengths.mean():.2f} vs {info['new_tokens'].float().mean():.2f}, stopped {stopped.mean():.3f} vs "
+          f"{info['stopped'].float().mean():.3f}")
     result = {"benchmark": "sampler", "prompts": len(prompts), "batch_size": 256, "threads": a.threads,
               "max_new_tokens": g["max_new_tokens"], "temperature": g["temperature"],
               "cpu": platform.processor() or platform.machine(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "note": "base policy of this checkout's pretrain stage; β=0.125 mixes it with a perturbed copy",
+              "note": "base policy of this checkout's pretrain stage; β=0.125 mixes it with a perturbed copy; lm.sample: other draws from one distribution, compared by length and stop rate",
               "results": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print("wrote", a.out)
