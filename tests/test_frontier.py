@@ -77,6 +77,28 @@ def test_the_samplers_own_logprobs_are_the_forward_pass_ones(setup):
     assert sample_responses(policy, ids, mask, dict(kw, top_p=0.9), return_token_logprobs=True)[2] is None
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_the_cut_forward_gives_the_full_batch_sums(setup, chunk):
+    """response_logprob cuts each chunk of rows to its own longest answer and query: the same sums
+    as one forward over the whole padded batch, rows with empty-looking answers and long prompts
+    included, in the callers' order."""
+    from pluralign.ppo import sample_responses
+
+    tok, policy, ref = setup
+    prompts = ["w1", "w2 w3 w4 w5 w0 w1", "w4 w5", "", "w3 w3 w3"] * 3
+    ids, mask = lm.encode_prompts(tok, prompts)
+    kw = dict(do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=8, pad_token_id=tok.pad_token_id,
+              eos_token_id=tok.eos_token_id)
+    torch.manual_seed(5)
+    response, rmask, _ = sample_responses(policy, ids, mask, kw, return_token_logprobs=True)
+    lengths = rmask.sum(1)
+    assert int(lengths.min()) < int(lengths.max())  # answers of several lengths, so chunks get cut differently
+    full = frontier.sequence_logprob(ref, torch.cat([ids, response], 1), torch.cat([mask, rmask.long()], 1),
+                                     ids.shape[1], rmask, 0.7)
+    cut = frontier.response_logprob(ref, ids, mask, response, rmask, 0.7, chunk=chunk)
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
+
+
 def test_nucleus_sampling_goes_through_generate_as_lm_sample_does(setup):
     tok, policy, ref = setup
     prompts = ["w1", "w2 w3", "w4 w5 w0", "w3"] * 5

@@ -22,7 +22,7 @@ import torch
 from . import lm
 from .ppo import response_logprobs_and_values, sample_responses
 
-__all__ = ["sample_with_kl", "sequence_logprob", "Checkpoints"]
+__all__ = ["sample_with_kl", "sequence_logprob", "response_logprob", "Checkpoints"]
 
 
 @torch.no_grad()
@@ -31,6 +31,35 @@ def sequence_logprob(model, ids: torch.Tensor, attention_mask: torch.Tensor, n_q
     """Σ_t log π_T(y_t) over the response tokens of left-padded query + response ids (B, Q+T): (B,)."""
     lp, _, _ = response_logprobs_and_values(model, None, ids, attention_mask, n_query, temperature, entropy=False)
     return (lp * response_mask.to(lp.dtype)).sum(1)
+
+
+@torch.no_grad()
+def response_logprob(model, query_ids: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
+                     response_mask: torch.Tensor, temperature: float, chunk: int = 64) -> torch.Tensor:
+    """Σ_t log π_T(y_t) per row for left-padded queries (B, Q) and right-padded responses (B, T): (B,).
+
+    The same sum as :func:`sequence_logprob` over the concatenation, computed on chunks of ``chunk``
+    rows of similar answer length, each cut to its own longest answer and query.  A sampled batch
+    is padded to its longest answer — at a checkpoint, 256 answers of 2–16 tokens on average padded
+    to one that ran to the 48-token cap — so one forward over the whole batch computed mostly
+    padding.  The cut columns are right padding (which no earlier position attends to) and leading
+    columns of padding only (positions count attended tokens), so the result is the same function
+    of the tokens; float rounding can differ in the last bits, as any change of batch shape does."""
+    n = response_mask.sum(1)
+    out = torch.zeros(len(n), dtype=torch.float32)
+    order = torch.argsort(n, stable=True)
+    for c in range(0, len(order), chunk):
+        rows = order[c:c + chunk]
+        T = int(n[rows].max())
+        if T == 0:
+            continue
+        qm = query_mask[rows]
+        q0 = int(qm.any(0).nonzero()[0])  # the first column any of these rows attends to
+        q, qm = query_ids[rows, q0:], qm[:, q0:]
+        r, rm = response[rows, :T], response_mask[rows, :T]
+        lp = sequence_logprob(model, torch.cat([q, r], 1), torch.cat([qm.long(), rm.long()], 1), q.shape[1], rm, temperature)
+        out[rows] = lp.float()
+    return out
 
 
 @torch.no_grad()
@@ -49,14 +78,12 @@ def sample_with_kl(model, ref_model, tokenizer, prompts: list[str], max_new_toke
     texts, kls = [], []
     for i in range(0, len(prompts), batch_size):
         ids, mask = lm.encode_prompts(tokenizer, prompts[i:i + batch_size])
-        Q = ids.shape[1]
         response, rmask, drawn = sample_responses(model, ids, mask, kw, return_token_logprobs=True)
         texts += tokenizer.batch_decode(response, skip_special_tokens=True)
-        full = torch.cat([ids, response], 1)
-        am = torch.cat([mask, rmask.long()], 1)
-        # the policy's side from the sampler's own logits (a third of the evaluation's forwards saved)
-        own = drawn.sum(1) if drawn is not None else sequence_logprob(model, full, am, Q, rmask, temperature)
-        kl = own - sequence_logprob(ref_model, full, am, Q, rmask, temperature)
+        # the policy's side from the sampler's own logits (a third of the evaluation's forwards saved); the
+        # reference's by a forward cut to each chunk's own answer length (response_logprob)
+        own = drawn.sum(1) if drawn is not None else response_logprob(model, ids, mask, response, rmask, temperature)
+        kl = own - response_logprob(ref_model, ids, mask, response, rmask, temperature)
         kls.append(kl.double())
     return [t.strip() for t in texts], (torch.cat(kls) if kls else torch.zeros(0, dtype=torch.float64))
 
