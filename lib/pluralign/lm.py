@@ -221,9 +221,10 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     ``seed``; finished rows leave the batch); top-p, or a GPU, through ``model.generate`` after
     ``torch.manual_seed(seed)``.  Why bypass ``generate`` on CPU: its multinomial draw cost ~11 ms
     per token at batch 64 and it runs every row to the longest one's end — the label stage's 8,000
-    answers of 16 ± 14 tokens under a 48-token cap were sampled 3.2× faster (1.64 s vs 5.29 s per
-    512, one run).  The two paths draw different tokens from the same seed (inverse CDF vs
-    multinomial), the same distribution."""
+    answers of 16 ± 14 tokens under a 48-token cap take a third of the time
+    (``benchmarks/bench_sampler.py``: 7.1 s vs 21.6 s for 2,000 answers, one thread).  The two
+    paths draw different tokens from the same seed (inverse CDF vs multinomial), the same
+    distribution."""
     from .sampling import mixture_sample, truncate_after_eos
 
     torch.manual_seed(seed)

@@ -121,8 +121,9 @@ def mixture_sample(policy, ref, query_ids, query_mask, beta: float, max_new_toke
     emitted EOS its padding is not fed again, and the KV caches, mask and positions keep the
     unfinished rows only (``DynamicCache.batch_select_indices``).  Answers end at different
     lengths — the cpu profile's base policy answers in 16 ± 14 tokens under a 48-token cap — so a
-    batch run to the longest row's end computed mostly padding (``benchmarks/bench_sampler.py``:
-    0.64× the time at β = 0, 0.54× for Nash-MD's two-model opponent, the same tokens).  The
+    batch run to the longest row's end computed mostly padding (``benchmarks/bench_sampler.py``
+    on the recorded base policy: 0.56× the time at β = 0, 0.67× for Nash-MD's two-model opponent,
+    the same tokens).  The
     generator still gives one uniform per row of the whole batch at every step, so the draws are
     the cache-less sampler's (to float rounding: a smaller batch may round its matmuls
     differently; on 2,000 real prompts the answers and log-probs came out bit-identical).  With
