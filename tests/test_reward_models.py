@@ -197,3 +197,76 @@ def test_scoring_refuses_pad_equal_to_eos(base):
     with pytest.raises(ValueError, match=r"pad token .*must differ from eos") as err:
         rm.score(model, same, ["the movie"], [" was great ."])
     assert "add_special_tokens" in str(err.value) and "to eos" not in str(err.value)
+
+
+def _ragged_batch(tok, n=40, seed=0):
+    """A right-padded batch of n texts of very different lengths, as TRL's preference collator pads it."""
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(corpus.NOUNS) for _ in range(rng.randint(1, 20))) for _ in range(n)]
+    return rm.right_padded(rm.token_ids(tok, texts), tok.pad_token_id)
+
+
+def test_length_sorted_logits_equal_one_padded_forward_with_their_gradients(base):
+    path, tok = base
+    model = rm.load_reward_model(path, tok, seed=5).train()
+    enc = _ragged_batch(tok)
+    assert enc["attention_mask"].sum() < 0.7 * enc["attention_mask"].numel()  # the padding is real
+    one = model(**enc).logits
+    (g_one,) = torch.autograd.grad(one.square().sum(), model.score.weight)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        chunked = rm.length_sorted_logits(model, enc["input_ids"], enc["attention_mask"], rows=16)
+    finally:
+        hook.remove()
+    (g_chunked,) = torch.autograd.grad(chunked.square().sum(), model.score.weight)
+    torch.testing.assert_close(chunked, one, atol=1e-5, rtol=1e-5)  # every row in the batch's own order
+    torch.testing.assert_close(g_chunked, g_one, atol=1e-4, rtol=1e-4)
+    assert [s[0] for s in calls] == [16, 16, 8]
+    assert sum(r * w for r, w in calls) < 0.8 * enc["input_ids"].numel()  # fewer tokens computed
+    assert calls[0][1] < calls[-1][1] == enc["input_ids"].shape[1]  # the short chunk is cut to its longest row
+
+
+def test_length_sorted_logits_pass_a_left_padded_or_small_batch_through_as_given(base):
+    path, tok = base
+    model = rm.load_reward_model(path, tok, seed=5).eval()
+    enc = _ragged_batch(tok, n=8)
+    left_ids, left_mask = enc["input_ids"].flip(1), enc["attention_mask"].flip(1)
+    with torch.no_grad():
+        assert torch.equal(rm.length_sorted_logits(model, left_ids, left_mask, rows=2),
+                           model(input_ids=left_ids, attention_mask=left_mask).logits)
+        assert torch.equal(rm.length_sorted_logits(model, enc["input_ids"], enc["attention_mask"], rows=8),
+                           model(**enc).logits)
+
+
+def test_length_sorted_reward_training_equals_trls_one_forward_training(base, monkeypatch):
+    """train_reward_model (chunks of CHUNK_ROWS rows) against the same RewardTrainer run with every
+    batch in one forward, as TRL pads it: the same weights up to float rounding."""
+    path, tok = base
+    pairs = two_group_pairs(n_users=4, per_user=24)
+    for i in range(0, pairs.n_pairs, 3):  # ragged lengths within each batch
+        pairs.chosen[i] = pairs.chosen[i] + " the plot was great and the cast was great and the music was great ."
+    fitted = {}
+    for rows in (8, 10_000):
+        monkeypatch.setattr(rm, "CHUNK_ROWS", rows)
+        model = rm.load_reward_model(path, tok, seed=0)
+        calls = []
+        hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(len(kw["input_ids"])), with_kwargs=True)
+        rm.train_reward_model(model, tok, pairs, epochs=1, lr=3e-3, batch_size=16)
+        hook.remove()
+        assert max(calls) == (8 if rows == 8 else 32)
+        fitted[rows] = model.state_dict()
+    for name, w in fitted[10_000].items():
+        torch.testing.assert_close(fitted[8][name], w, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_token_ids_are_encode_s_ids_and_follow_a_grown_vocabulary(base):
+    path, _ = base
+    tok = lm.load_tokenizer(path)
+    texts = ["the movie was great", "what a zorblax", "the movie was great"]
+    before = rm.token_ids(tok, texts)
+    assert before == rm.encode(tok, texts)["input_ids"]
+    assert rm.token_ids(tok, texts) == before  # from the memo
+    tok.add_tokens(["zorblax"])
+    after = rm.token_ids(tok, texts)
+    assert after == rm.encode(tok, texts)["input_ids"] and after != before

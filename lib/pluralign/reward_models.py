@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import weakref
 
 import torch
 import torch.nn.functional as F
 
 from .preferences import PreferencePairs
 
-__all__ = ["reward_text", "check_pad", "encode", "load_reward_model", "train_reward_model", "score", "pair_margins",
-           "accuracy_by_group", "NeuralRewardMixture"]
+__all__ = ["reward_text", "check_pad", "encode", "token_ids", "right_padded", "load_reward_model", "length_sorted_logits",
+           "train_reward_model", "score", "pair_margins", "accuracy_by_group", "NeuralRewardMixture"]
+
+CHUNK_ROWS = 32  # rows per length-sorted chunk of a RewardTrainer batch (length_sorted_logits)
 
 
 def reward_text(tokenizer, prompt: str, response: str) -> str:
@@ -48,6 +51,36 @@ def encode(tokenizer, texts: list[str], **kwargs):
     return tokenizer(texts, **kwargs)
 
 
+_TOKEN_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TOKEN_CACHE_TEXTS = 200_000  # texts remembered per tokenizer before the memo starts afresh
+
+
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """:func:`encode`'s ``input_ids`` of each text, memoised per tokenizer (an EM fit scores the same
+    pairs under every model at every iteration: re-tokenising them was a tenth of the reward stage)."""
+    memo = _TOKEN_IDS.setdefault(tokenizer, {}).setdefault(len(tokenizer), {})  # a grown vocabulary: a new memo
+    new = [t for t in dict.fromkeys(texts) if t not in memo]
+    if new:
+        if len(memo) + len(new) > _TOKEN_CACHE_TEXTS:
+            memo.clear()
+        memo.update(zip(new, encode(tokenizer, new)["input_ids"]))
+    return [memo[t] for t in texts]
+
+
+def right_padded(ids: list[list[int]], pad_token_id: int):
+    """{"input_ids", "attention_mask"}: (B, longest) right-padded tensors, what
+    ``tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")`` returns."""
+    from transformers import BatchEncoding
+
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return BatchEncoding({"input_ids": input_ids, "attention_mask": mask})
+
+
 def load_reward_model(name_or_path: str, tokenizer, seed: int = 0):
     """A one-output sequence classifier from ``name_or_path``.  From a base LM the ``score`` head is
     new, drawn under ``seed``; from a saved reward model (its ``save_pretrained``) the trained head is
@@ -65,13 +98,56 @@ def load_reward_model(name_or_path: str, tokenizer, seed: int = 0):
     return fused_gelu(model)
 
 
+def length_sorted_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: int = CHUNK_ROWS,
+                         **kwargs) -> torch.Tensor:
+    """``model(input_ids, attention_mask).logits`` for a right-padded batch, computed in chunks of
+    ``rows`` rows of similar length, each cut to its own longest row: (B, num_labels), rows in the
+    batch's order, differentiable.  Equal to one padded forward up to float rounding: a causal
+    model's outputs at real tokens do not depend on the right padding, and the classifier pools
+    at the last non-pad token, which every chunk keeps.  A batch that is not right-padded (a 0
+    before a 1 in a row's mask) goes through in one forward, as given.
+
+    Why: TRL's preference collator pads a whole batch to its longest text; on the GPT-2 stage's
+    pairs (mean 26 tokens, longest 74) a random batch of 64 pairs computed 2.5× the tokens it
+    has, and the padding was most of a reward step's time on the cpu profile."""
+    lengths = attention_mask.sum(1)
+    right_padded = bool((attention_mask == (torch.arange(attention_mask.shape[1]) < lengths[:, None])).all())
+    if not right_padded or len(input_ids) <= rows:
+        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    order = torch.argsort(lengths, stable=True)
+    parts = []
+    for idx in order.split(rows):
+        width = int(lengths[idx].max())
+        parts.append(model(input_ids=input_ids[idx, :width], attention_mask=attention_mask[idx, :width], **kwargs).logits)
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+class _Logits:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+def _length_sorted_trainer(RewardTrainer):
+    """TRL's RewardTrainer whose loss reads the logits of :func:`length_sorted_logits` (its
+    loss, metrics and everything else unchanged: ``compute_loss`` is TRL's, handed a model whose
+    call runs the batch in length-sorted chunks)."""
+
+    class LengthSortedRewardTrainer(RewardTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            def chunked(input_ids, attention_mask, **kw):
+                return _Logits(length_sorted_logits(model, input_ids, attention_mask, rows=CHUNK_ROWS, **kw))
+
+            return super().compute_loss(chunked, inputs, return_outputs, num_items_in_batch)
+
+    return LengthSortedRewardTrainer
+
+
 def _processed(tokenizer, pairs: PreferencePairs):
     """Pre-tokenised dataset (``chosen_ids``/``rejected_ids``) so RewardTrainer skips its own pass."""
     from datasets import Dataset
 
     def ids(resps):
-        texts = [reward_text(tokenizer, p, r) for p, r in zip(pairs.prompt, resps)]
-        return encode(tokenizer, texts)["input_ids"]
+        return token_ids(tokenizer, [reward_text(tokenizer, p, r) for p, r in zip(pairs.prompt, resps)])
 
     return Dataset.from_dict({"chosen_ids": ids(pairs.chosen), "rejected_ids": ids(pairs.rejected)})
 
@@ -92,7 +168,12 @@ def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float =
     back right after the Trainer is built, so the adapter input is dropped out during training as
     the LoRA config (tulu_reward.lora_dropout) says, while the backbone's dropout stays off (TRL's
     convention for reward training; GPT-2's backbone has some, Llama's none).  Plain (non-LoRA)
-    models, e.g. the GPT-2 stages' reward models, train exactly as before."""
+    models, e.g. the GPT-2 stages' reward models, train exactly as before.
+
+    Each batch's forward runs in length-sorted chunks of ``CHUNK_ROWS`` rows
+    (:func:`length_sorted_logits`): TRL's loss on the same batches, equal to its one padded forward
+    up to float rounding, and 2× fewer tokens computed on the GPT-2 stage's pairs.  A batch of at
+    most ``CHUNK_ROWS`` rows (chosen + rejected; the Tulu2 stage's 16 pairs) is TRL's forward as it was."""
     from accelerate.utils import extract_model_from_parallel
     from transformers.utils import logging as hf_logging
     from trl import RewardConfig, RewardTrainer
@@ -109,8 +190,8 @@ def train_reward_model(model, tokenizer, pairs: PreferencePairs, epochs: float =
                             dataloader_num_workers=0, remove_unused_columns=True)
         lora_p = {m: m.p for n, m in model.named_modules()
                   if isinstance(m, torch.nn.Dropout) and ".lora_dropout." in f".{n}."}
-        trainer = RewardTrainer(model=model, args=args, train_dataset=_processed(tokenizer, pairs),
-                                processing_class=tokenizer)
+        trainer = _length_sorted_trainer(RewardTrainer)(model=model, args=args, train_dataset=_processed(tokenizer, pairs),
+                                                        processing_class=tokenizer)
         for m, p in lora_p.items():  # disable_dropout zeroed these too: the adapters keep theirs
             m.p = p
         result = trainer.train()
@@ -124,19 +205,15 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size
     """Reward of each (prompt, response): (B,), tokenised as the model was trained (:func:`encode`)."""
     check_pad(tokenizer)
     texts = [reward_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    ids = token_ids(tokenizer, texts)
     # batches of similar length (pad less: a third of a scoring pass was padding on the GPT-2 pairs),
     # scores put back in the callers' order
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = encode(tokenizer, [texts[j] for j in order[i : i + batch_size]], padding=True, return_tensors="pt")
-            device = getattr(model, "device", None)  # transformers models have one; plain modules may not
-            out.append(model(**(enc.to(device) if device is not None else enc)).logits[:, 0].float().cpu())
-    finally:
-        tokenizer.padding_side = side
+    out = []
+    device = getattr(model, "device", None)  # transformers models have one; plain modules may not
+    for i in range(0, len(texts), batch_size):
+        enc = right_padded([ids[j] for j in order[i : i + batch_size]], tokenizer.pad_token_id)
+        out.append(model(**(enc.to(device) if device is not None else enc)).logits[:, 0].float().cpu())
     if not out:
         return torch.zeros(0)
     sorted_scores = torch.cat(out)
