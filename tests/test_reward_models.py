@@ -239,15 +239,23 @@ def test_length_sorted_logits_pass_a_left_padded_or_small_batch_through_as_given
                            model(**enc).logits)
 
 
-def test_length_sorted_reward_training_equals_trls_one_forward_training(base, monkeypatch):
+def test_length_sorted_reward_training_takes_trls_one_forward_gradients(base, monkeypatch):
     """train_reward_model (chunks of CHUNK_ROWS rows) against the same RewardTrainer run with every
-    batch in one forward, as TRL pads it: the same weights up to float rounding."""
+    batch in one forward, as TRL pads it: every step's gradients equal up to float rounding.  The
+    optimizer's step is a no-op that records the gradients, so both runs see the same weights at
+    every step (comparing weights after Adam steps would compare sign(g) where g is ~0)."""
     path, tok = base
     pairs = two_group_pairs(n_users=4, per_user=24)
     for i in range(0, pairs.n_pairs, 3):  # ragged lengths within each batch
         pairs.chosen[i] = pairs.chosen[i] + " the plot was great and the cast was great and the music was great ."
-    fitted = {}
+    steps = {}
+
+    def record(opt, *a, **kw):
+        steps[rows].append([p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None])
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
     for rows in (8, 10_000):
+        steps[rows] = []
         monkeypatch.setattr(rm, "CHUNK_ROWS", rows)
         model = rm.load_reward_model(path, tok, seed=0)
         calls = []
@@ -255,9 +263,12 @@ def test_length_sorted_reward_training_equals_trls_one_forward_training(base, mo
         rm.train_reward_model(model, tok, pairs, epochs=1, lr=3e-3, batch_size=16)
         hook.remove()
         assert max(calls) == (8 if rows == 8 else 32)
-        fitted[rows] = model.state_dict()
-    for name, w in fitted[10_000].items():
-        torch.testing.assert_close(fitted[8][name], w, atol=2e-5, rtol=1e-4, msg=name)
+    assert len(steps[8]) == len(steps[10_000]) == pairs.n_pairs // 16
+    for chunked, one in zip(steps[8], steps[10_000]):
+        assert len(chunked) == len(one) > 0
+        for g_chunked, g_one in zip(chunked, one):
+            torch.testing.assert_close(g_chunked, g_one, atol=1e-5, rtol=1e-4)
+        assert any(g.abs().max() > 1e-3 for g in one)  # real gradients, not zeros on both sides
 
 
 def test_token_ids_are_encode_s_ids_and_follow_a_grown_vocabulary(base):
