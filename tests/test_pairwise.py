@@ -168,3 +168,19 @@ def test_from_base_docstring_and_pad_check(base, tmp_path):
     with pytest.raises(ValueError, match=r"pad token .*must differ from eos") as err:
         PairwisePreferenceModel(rm.load_reward_model(path, same), same)
     assert "add_special_tokens" in str(err.value) and "to eos" not in str(err.value)
+
+
+def test_preferences_of_ragged_pairs_equal_each_pair_scored_alone(base):
+    """__call__ pads each batch of (token count, text)-sorted texts and runs it in length-sorted
+    chunks: every P(a ≻ b) equals the one computed from each pair text scored alone, unpadded."""
+    path, tok = base
+    pref = PairwisePreferenceModel.from_base(path, tok, seed=3)
+    pairs = word_pairs(40, seed=2)
+    a = [c + " and the cast was great" * (i % 4) for i, c in enumerate(pairs.chosen)]  # 4 different lengths
+    x, b = pairs.prompt, pairs.rejected
+    with torch.no_grad():
+        alone = torch.stack([pref.model(**rm.encode(tok, [t], return_tensors="pt")).logits[0, 0]
+                             for t in [pair_text(tok, *r) for r in zip(x, a, b)] + [pair_text(tok, *r) for r in zip(x, b, a)]])
+    want = torch.sigmoid((alone[:40] - alone[40:]) / 2)
+    for batch_size in (256, 7):
+        torch.testing.assert_close(pref(x, a, b, batch_size=batch_size), want, atol=1e-5, rtol=0)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .preferences import PreferencePairs
-from .reward_models import check_pad, encode, load_reward_model, score
+from .reward_models import check_pad, encode, length_sorted_logits, load_reward_model, right_padded, score
 
 __all__ = ["pair_text", "PairwisePreferenceModel", "train_pairwise", "BTPreference",
            "preference_accuracy_by_group"]
@@ -70,12 +70,17 @@ class PairwisePreferenceModel:
 
     def f(self, texts: list[str]) -> torch.Tensor:
         """Raw classifier logit of each pair text: (B,).  Gradients flow unless disabled."""
-        enc = encode(self.tokenizer, texts, padding=True, padding_side="right", return_tensors="pt")
-        if self.max_length is not None and enc["input_ids"].shape[1] > self.max_length:
-            raise ValueError(f"pair text of {enc['input_ids'].shape[1]} tokens exceeds the model's "
-                             f"{self.max_length} positions")
-        enc = enc.to(self.model.device)
-        return self.model(**enc).logits[:, 0].float()
+        return self._f_ids(encode(self.tokenizer, texts)["input_ids"])
+
+    def _f_ids(self, ids: list[list[int]]) -> torch.Tensor:
+        """f of pre-tokenised pair texts: one right-padded batch, run in length-sorted chunks
+        (:func:`pluralign.reward_models.length_sorted_logits`: the same logits up to float rounding,
+        without a batch's short texts padded to its longest)."""
+        width = max(map(len, ids))
+        if self.max_length is not None and width > self.max_length:
+            raise ValueError(f"pair text of {width} tokens exceeds the model's {self.max_length} positions")
+        enc = right_padded(ids, self.tokenizer.pad_token_id).to(self.model.device)
+        return length_sorted_logits(self.model, enc["input_ids"], enc["attention_mask"])[:, 0].float()
 
     def logit(self, prompts: list[str], a: list[str], b: list[str]) -> torch.Tensor:
         """Antisymmetric log-odds (f(x, a, b) − f(x, b, a)) / 2 of a ≻ b: (B,), differentiable.
@@ -88,18 +93,22 @@ class PairwisePreferenceModel:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], a: list[str], b: list[str], batch_size: int = 256) -> torch.Tensor:
-        """P(a ≻ b | x): (B,).  Every distinct pair text is scored once, in sorted order, so that
-        swapping a and b feeds the network the very same batches: P(a ≻ b) + P(b ≻ a) == 1 and
-        P(a ≻ a) == ½ exactly (at equal ``batch_size``), not just up to batch-dependent rounding."""
+        """P(a ≻ b | x): (B,).  Every distinct pair text is scored once, the texts sorted by (token
+        count, text), so that swapping a and b feeds the network the very same batches:
+        P(a ≻ b) + P(b ≻ a) == 1 and P(a ≻ a) == ½ exactly (at equal ``batch_size``), not just up to
+        batch-dependent rounding; and each batch holds texts of similar length (less padding)."""
         _check_lengths(prompts, a, b)
         ab = [pair_text(self.tokenizer, x, y, z) for x, y, z in zip(prompts, a, b)]
         ba = [pair_text(self.tokenizer, x, z, y) for x, y, z in zip(prompts, a, b)]
-        unique = sorted(set(ab + ba))
-        if not unique:
+        texts = sorted(set(ab + ba))
+        if not texts:
             return torch.zeros(0)
+        ids = encode(self.tokenizer, texts)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: (len(ids[i]), texts[i]))
+        unique, ids = [texts[i] for i in order], [ids[i] for i in order]
         was_training = self.model.training
         self.model.eval()
-        f = torch.cat([self.f(unique[i : i + batch_size]) for i in range(0, len(unique), batch_size)]).cpu()
+        f = torch.cat([self._f_ids(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]).cpu()
         self.model.train(was_training)
         at = {t: i for i, t in enumerate(unique)}
         f_ab = f[[at[t] for t in ab]]
