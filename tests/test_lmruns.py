@@ -67,6 +67,20 @@ def test_matched_kl_compares_at_the_largest_kl_both_reach():
     assert r["kl"] == 2.0
     assert r["a"]["mean"] == pytest.approx(0.75) and r["b"]["mean"] == pytest.approx(0.75)
     assert r["difference"]["mean"] == pytest.approx(0.0) and r["difference"]["seeds"] == 2  # paired by rank
+    # a's two runs reach KL 2 between the base policy and their only trained checkpoint (KL 4); b's three at it
+    assert r["from_base"] == {"a": 2, "b": 3}
+
+
+def test_matched_kl_counts_the_runs_interpolated_from_the_base_policy():
+    # a: checkpoints at KL 1 and 3; b: seed 0 jumps to KL 5 at once, seed 1 passes KL 1 first
+    rows = (_runs("a", [0, 1], [0.0, 1.0, 3.0], [[0.5, 0.5], [0.6, 0.6], [0.7, 0.7]])
+            + _runs("b", [0], [0.0, 5.0, 6.0], [[0.5, 0.5], [1.0, 1.0], [1.0, 1.0]])
+            + _runs("b", [1], [0.0, 1.0, 6.0], [[0.5, 0.5], [0.9, 0.9], [1.0, 1.0]]))
+    r = lmruns.matched_kl(pd.DataFrame(rows), "a", "b", "win", n_boot=200, seed=0)
+    assert r["kl"] == 3.0 and r["from_base"] == {"a": 0, "b": 1}
+    assert r["b"]["mean"] == pytest.approx((0.5 + 0.5 * 3 / 5 + 0.9 + 0.1 * 2 / 5) / 2)  # seed 0 from the base
+    assert lmruns.matched_kl(pd.DataFrame(rows), "a", "b", "win", n_boot=200, seed=0, target=0.5)["from_base"] == \
+        {"a": 2, "b": 2}
 
 
 def test_equal_budgets_ppo_and_nash_md_take_the_same_number_of_updates(tmp_path):

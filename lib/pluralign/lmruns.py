@@ -270,7 +270,11 @@ def matched_kl(scored: pd.DataFrame, a: str, b: str, column: str, n_boot: int, s
     """Method a against method b at matched KL: each run's per-prompt ``column`` (e.g. a group's
     win against base) interpolated at KL = ``target`` (default: the largest KL every run of both
     reaches, so neither is extrapolated), seeds paired by rank (the first min(S_a, S_b) of each),
-    prompts paired.  Returns {"kl", "a": interval, "b": interval, "difference": interval of a − b}."""
+    prompts paired.  Returns {"kl", "a": interval, "b": interval, "difference": interval of a − b,
+    "from_base": {"a": runs, "b": runs}}: how many runs of each method are interpolated between the
+    base policy (their first checkpoint, KL 0) and their first trained checkpoint — a method that
+    moves fast is compared there with a mixture of the base policy's answers and its own, not with
+    a policy it trained, and a reader should be told."""
     d = scored if ratio is None else scored[scored.ratio == ratio]
     tables, reach = {}, []
     for m in (a, b):
@@ -288,9 +292,12 @@ def matched_kl(scored: pd.DataFrame, a: str, b: str, column: str, n_boot: int, s
     k = min(reach) if target is None else target
     n = min(len(tables[a]), len(tables[b]))
     ys = {m: torch.stack([intervals.at_kl(*tables[m][s], k) for s in sorted(tables[m])]) for m in (a, b)}
+    from_base = {side: sum(len(kls) > 1 and float(kls[1]) >= k for kls, _ in tables[m].values())
+                 for side, m in (("a", a), ("b", b))}
     return {"kl": k, "a": intervals.interval(ys[a], n_boot=n_boot, seed=seed),
             "b": intervals.interval(ys[b], n_boot=n_boot, seed=seed),
-            "difference": intervals.difference_interval(ys[a][:n], ys[b][:n], n_boot=n_boot, seed=seed)}
+            "difference": intervals.difference_interval(ys[a][:n], ys[b][:n], n_boot=n_boot, seed=seed),
+            "from_base": from_base}
 
 
 def add_pooled(scored: pd.DataFrame, groups=("majority", "minority")) -> pd.DataFrame:
