@@ -74,6 +74,20 @@ def test_dvc_repro_end_to_end_then_noop(micro):
     assert "01_impossibility.json" in run["metrics"].stdout
 
 
+def test_every_headline_claim_is_read_back_from_a_real_run(micro):
+    """scripts/claims.py reads the keys the notebooks write: a renamed key shows up here, not as a
+    silently missing row in someone's comparison of two runs."""
+    from pluralign import claims
+
+    repo, run = micro
+    assert run["first"].returncode == 0
+    table = claims.read_claims(repo / "results" / "metrics")
+    assert (table.verdict != claims.MISSING).all(), table[table.verdict == claims.MISSING].claim.tolist()
+    assert (table.lo <= table.hi).all()
+    assert "3:1 MaxMin − single at matched KL, minority" in set(table.claim)  # tiny params: 3:1, β = 0.5
+    assert "nash β=0.5 − single at matched KL, learned preference" in set(table.claim)
+
+
 def _output_images(notebook: Path) -> int:
     cells = json.loads(notebook.read_text())["cells"]
     return sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
