@@ -99,6 +99,10 @@ def test_a_missing_directory_is_one_line_naming_it(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="nowhere"):
         claims.read_claims(tmp_path / "nowhere")
+    broken = write_run(tmp_path / "broken", (0.05, -0.02, 0.13), (0.07, 0.03, 0.11))
+    (broken / "12_compare.json").write_text('{"ratio": 10,')  # a half-written file
+    with pytest.raises(ValueError, match=r"12_compare\.json: not valid JSON"):
+        claims.read_claims(broken)
     spec = importlib.util.spec_from_file_location("claims_cli", Path(__file__).parents[1] / "scripts" / "claims.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)

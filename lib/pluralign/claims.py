@@ -33,7 +33,12 @@ def verdict(lo: float, hi: float, null: float) -> str:
 
 def _load(metrics_dir: Path, name: str) -> dict:
     path = metrics_dir / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _ratios(evaluate: dict, compare: dict) -> tuple[str | None, str | None]:
