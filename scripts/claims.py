@@ -7,8 +7,9 @@
 Each claim is an interval the notebooks wrote (``pluralign.claims``): a paired difference (no
 difference = 0) or a head-to-head win rate (no difference = ½), with its verdict.  Use it after a
 `dvc repro` on another machine to see which conclusions your run shares with another one (the
-README's "Across CPUs" table was read off two runs this way).  A missing directory is one line,
-exit 2.
+Intel columns of the README's "Across CPUs" table were read this way; the recorded AMD run's
+metrics files were not kept, so its column came from the README and the book).  A missing
+directory or a malformed metrics file is one line, exit 2.
 """
 from __future__ import annotations
 
